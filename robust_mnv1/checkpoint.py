@@ -1,0 +1,66 @@
+"""Checkpoints as safetensors plus a JSON sidecar, and the cache that shares trained models.
+
+Only safetensors is ever read: a pickle (``torch.save`` output) can run arbitrary code when
+loaded, so a file that is not valid safetensors is refused, never unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from robust_mnv1.atomic import atomic_write, atomic_write_json
+from robust_mnv1.errors import UserError
+
+# Pickle protocol 2+ streams start with 0x80; torch.save's zip container starts with "PK".
+_PICKLE_MAGICS = (b"\x80", b"PK\x03\x04")
+
+
+def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
+    """Write ``tensors`` to ``path`` (safetensors) and ``meta`` to ``path.json``, each atomically.
+
+    The sidecar is written last, so its presence means the weights beside it are complete.
+    """
+    path = Path(path)
+    flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    atomic_write(path, lambda p: save_file(flat, str(p), metadata={"format": "pt"}))
+    atomic_write_json(sidecar(path), meta)
+    return path
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict]:
+    """Read a checkpoint written by :func:`save_checkpoint`; refuse anything that is not safetensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head.startswith(_PICKLE_MAGICS) or path.suffix in {".pt", ".pth", ".pkl", ".ckpt"}:
+        raise UserError(f"refusing to load {path}: it is a pickle/torch.save file; only .safetensors checkpoints are read")
+    try:
+        tensors = load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"corrupt checkpoint {path}: {str(e).splitlines()[0]}; delete it to retrain") from None
+    meta_path = sidecar(path)
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else {}
+    except json.JSONDecodeError as e:
+        raise UserError(f"corrupt checkpoint sidecar {meta_path}: {e}; delete it to retrain") from None
+    return tensors, meta
+
+
+def sidecar(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def cache_key(*parts: Any) -> str:
+    """A short stable hash of JSON-able parts (configs, seeds) naming a cached artifact."""
+    blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -1,0 +1,61 @@
+"""Checkpoints: safetensors round trip, atomic writes, and refusal of anything pickled or corrupt."""
+
+import pickle
+
+import pytest
+import torch
+
+from robust_mnv1.checkpoint import cache_key, load_checkpoint, save_checkpoint, sidecar
+from robust_mnv1.errors import UserError
+
+
+def test_round_trip(tmp_path):
+    tensors = {"w": torch.randn(3, 4), "n": torch.arange(5)}
+    path = save_checkpoint(tmp_path / "m.safetensors", tensors, {"acc": 0.5, "history": [1, 2]})
+    loaded, meta = load_checkpoint(path)
+    assert meta == {"acc": 0.5, "history": [1, 2]}
+    assert loaded.keys() == tensors.keys()
+    for k in tensors:
+        assert torch.equal(loaded[k], tensors[k])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors", "m.safetensors.json"]
+
+
+def test_refuses_torch_save_pickle(tmp_path):
+    for name in ("m.safetensors", "m.pt"):
+        path = tmp_path / name
+        torch.save({"w": torch.zeros(2)}, path)
+        with pytest.raises(UserError, match="pickle") as e:
+            load_checkpoint(path)
+        assert "\n" not in str(e.value)
+
+
+def test_refuses_raw_pickle(tmp_path):
+    path = tmp_path / "evil.safetensors"
+    path.write_bytes(pickle.dumps({"w": [1, 2]}))
+    with pytest.raises(UserError, match="pickle"):
+        load_checkpoint(path)
+
+
+def test_corrupt_file_is_one_line_error(tmp_path):
+    path = save_checkpoint(tmp_path / "m.safetensors", {"w": torch.randn(64)}, {})
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(UserError, match="corrupt checkpoint") as e:
+        load_checkpoint(path)
+    assert "\n" not in str(e.value)
+
+
+def test_corrupt_sidecar(tmp_path):
+    path = save_checkpoint(tmp_path / "m.safetensors", {"w": torch.randn(4)}, {"a": 1})
+    sidecar(path).write_text("{not json")
+    with pytest.raises(UserError, match="sidecar"):
+        load_checkpoint(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        load_checkpoint(tmp_path / "nope.safetensors")
+
+
+def test_cache_key_is_stable_and_order_free():
+    assert cache_key({"a": 1, "b": 2}, 3) == cache_key({"b": 2, "a": 1}, 3)
+    assert cache_key({"a": 1}, 3) != cache_key({"a": 1}, 4)
