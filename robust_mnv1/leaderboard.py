@@ -1,0 +1,822 @@
+"""Generate the robustness leaderboard from the run records.
+
+``python -m robust_mnv1.leaderboard [--results DIR]`` reads ``DIR/runs/*.json`` and writes
+``DIR/leaderboard.md``, ``DIR/leaderboard.csv`` and ``DIR/figures/*.png``. Everything shown,
+findings included, is computed from the records, and the output is a pure function of them:
+fixed bootstrap seeds, stable sorting with tie-breakers and no wall-clock time, so
+regenerating from the same records gives byte-identical markdown and CSV.
+
+Records are grouped into rows by (dataset key, model name, regime); the FGSM, PGD and C&W
+records of a row merge, and several seeds are averaged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import sys
+import warnings
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
+
+from robust_mnv1.errors import UserError
+from robust_mnv1.records import REGIMES, decode_mask, load_records
+from robust_mnv1.stats import spearman_with_ci, wilson_ci
+
+REGIME_LABELS = {"standard": "standard", "pgd-at": "PGD-AT", "fast-at": "fast-AT", "trades": "TRADES"}
+# (metric key, attack, eps in units of 1/255) of the accuracy columns; "worst" is every attack.
+ACC_METRICS = (("fgsm8", "fgsm", 8.0), ("pgd2", "pgd", 2.0), ("pgd8", "pgd", 8.0), ("worst8", "worst", 8.0))
+METRIC_LABELS = {
+    "fgsm8": "FGSM@8/255",
+    "pgd2": "PGD@2/255",
+    "pgd8": "PGD@8/255",
+    "worst8": "worst-case@8/255",
+    "cw": "C&W median L2",
+}
+# Column holding each metric's row value (the mean over seeds).
+METRIC_COLUMNS = {
+    "fgsm8": "fgsm8_acc",
+    "pgd2": "pgd2_acc",
+    "pgd8": "pgd8_acc",
+    "worst8": "worst8_acc",
+    "cw": "cw_l2",
+}
+FIGURES = ("robust_acc_vs_eps", "robustness_vs_macs", "finetune_gain")
+SPEARMAN_SEED = 0
+N_BOOT = 2000
+DASH = "—"
+
+LIGHTER = "lighter models are easier to fool"
+LARGER = "larger models are easier to fool"
+GAIN_LIGHTER = "the gain from fine-tuning is larger for lighter models"
+GAIN_LARGER = "the gain from fine-tuning is larger for larger models"
+INCONCLUSIVE = "inconclusive"
+
+
+# -- aggregation --------------------------------------------------------------------------------
+
+
+def _eps_key(eps_255: float) -> float:
+    # eps_255 is a float in JSON; rounding makes 8 and 7.99999999 the same grid point.
+    return round(float(eps_255), 4)
+
+
+@dataclass
+class _SeedSummary:
+    """Everything one seed of one row contributes, merged over its attack records."""
+
+    clean: tuple[int, int]
+    points: dict[tuple[str, float], tuple[int, int]]  # (attack, eps_255) -> (robust, n), strongest loss
+    worst: dict[float, tuple[int, int, bool]]  # eps_255 -> (robust, n, masks had different n)
+    cw: tuple[float, float, float] | None  # median L2, CI lo, CI hi
+
+
+@dataclass
+class _Row:
+    data_key: str
+    model: Mapping[str, Any]
+    regime: str
+    records: list[Mapping[str, Any]]
+    seeds: dict[int, _SeedSummary]
+
+
+def _summarize_seed(records: Sequence[Mapping[str, Any]]) -> _SeedSummary:
+    # Attack records of the same model and seed evaluate the same images; the largest n is the
+    # most informative clean estimate (a C&W run may use fewer images).
+    best_clean = max(records, key=lambda r: r["clean"]["n"])["clean"]
+    entries = [e for r in records for e in r["eps_results"] if e["norm"] == "linf"]
+    by_point: dict[tuple[str, float], list[Mapping[str, Any]]] = defaultdict(list)
+    for e in entries:
+        by_point[(e["attack"], _eps_key(e["eps_255"]))].append(e)
+    points = {}
+    for key, group in by_point.items():
+        # Several losses at one point (ce, ce+margin): report the strongest, i.e. lowest accuracy.
+        strongest = min(group, key=lambda e: (e["robust"] / e["n"] if e["n"] else 1.0, e["loss"]))
+        points[key] = (strongest["robust"], strongest["n"])
+    worst = {}
+    for eps in sorted({k[1] for k in by_point}):
+        group = [e for e in entries if _eps_key(e["eps_255"]) == eps]
+        n = min(e["n"] for e in group)
+        robust = np.ones(n, dtype=bool)
+        for e in group:
+            robust &= decode_mask(e["robust_mask"], e["n"])[:n]
+        worst[eps] = (int(robust.sum()), n, len({e["n"] for e in group}) > 1)
+    cw = None
+    cw_records = [r for r in records if r["cw"] is not None]
+    if cw_records:
+        block = cw_records[0]["cw"]
+        cw = (float(block["median_l2"]), *map(float, block["median_l2_ci95"]))
+    return _SeedSummary((best_clean["correct"], best_clean["n"]), points, worst, cw)
+
+
+def _group_rows(records: Iterable[Mapping[str, Any]]) -> list[_Row]:
+    grouped: dict[tuple[str, str, str], list[Mapping[str, Any]]] = defaultdict(list)
+    for r in sorted(records, key=lambda r: r["run_id"]):
+        grouped[(r["data"]["key"], r["model"]["name"], r["regime"])].append(r)
+    rows = []
+    for (data_key, _, regime), group in sorted(grouped.items()):
+        by_seed: dict[int, list[Mapping[str, Any]]] = defaultdict(list)
+        for r in group:
+            by_seed[r["seed"]].append(r)
+        seeds = {s: _summarize_seed(rs) for s, rs in sorted(by_seed.items())}
+        rows.append(_Row(data_key, group[0]["model"], regime, group, seeds))
+    return rows
+
+
+def _agg_counts(counts: Sequence[tuple[int, int]]) -> dict[str, float]:
+    """Mean and sample std over seeds; Wilson CI on the counts pooled over seeds."""
+    counts = [(k, n) for k, n in counts if n > 0]
+    if not counts:
+        return {"acc": math.nan, "std": math.nan, "lo": math.nan, "hi": math.nan, "k": 0, "n": 0}
+    accs = [k / n for k, n in counts]
+    k_sum, n_sum = sum(k for k, _ in counts), sum(n for _, n in counts)
+    lo, hi = wilson_ci(k_sum, n_sum)
+    std = float(np.std(accs, ddof=1)) if len(accs) > 1 else math.nan
+    return {"acc": float(np.mean(accs)), "std": std, "lo": lo, "hi": hi, "k": k_sum, "n": n_sum}
+
+
+def _sanity_text(records: Sequence[Mapping[str, Any]]) -> str:
+    flags = sorted({f for r in records for f in r["sanity"]["flags"]})
+    if flags:
+        return ",".join(flags)
+    return "ok" if all(r["sanity"]["passed"] for r in records) else "failed"
+
+
+def _row_dict(row: _Row) -> dict[str, Any]:
+    model = row.model
+    out: dict[str, Any] = {
+        "data_key": row.data_key,
+        "data_label": row.records[0]["data"]["label"],
+        "model": model["name"],
+        "regime": row.regime,
+        "alpha": float(model["alpha"]),
+        "rho": float(model["rho"]),
+        "input_resolution": int(model["input_resolution"]),
+        "params": int(model["params"]),
+        "macs": int(model["macs"]),
+        "params_m": model["params"] / 1e6,
+        "macs_m": model["macs"] / 1e6,
+        "n_seeds": len(row.seeds),
+        "seeds": ",".join(str(s) for s in row.seeds),
+    }
+    summaries = list(row.seeds.values())
+    out.update({f"clean_{k}": v for k, v in _agg_counts([s.clean for s in summaries]).items()})
+    for key, attack, eps in ACC_METRICS:
+        if attack == "worst":
+            found = [s.worst[eps] for s in summaries if eps in s.worst]
+            out[f"{key}_prefix"] = any(prefix for _, _, prefix in found)
+            agg = _agg_counts([(k, n) for k, n, _ in found])
+        else:
+            agg = _agg_counts([s.points[(attack, eps)] for s in summaries if (attack, eps) in s.points])
+        out.update({f"{key}_{k}": v for k, v in agg.items()})
+    # A nan median (no clean-correct image) carries no information about the row.
+    cws = [s.cw for s in summaries if s.cw is not None and not math.isnan(s.cw[0])]
+    medians = [c[0] for c in cws]
+    out["cw_l2"] = float(np.mean(medians)) if cws else math.nan
+    finite = all(math.isfinite(m) for m in medians)
+    out["cw_std"] = float(np.std(medians, ddof=1)) if len(cws) > 1 and finite else math.nan
+    # Per-sample distances are not in the records, so several seeds cannot be re-bootstrapped:
+    # the row shows the envelope of the per-seed bootstrap intervals (conservative).
+    out["cw_lo"] = min(c[1] for c in cws) if cws else math.nan
+    out["cw_hi"] = max(c[2] for c in cws) if cws else math.nan
+    latencies = [r["latency_ms_cpu_b1"] for r in row.records if r["latency_ms_cpu_b1"] is not None]
+    out["latency_ms"] = float(np.mean(latencies)) if latencies else math.nan
+    out["sanity_flags"] = _sanity_text(row.records)
+    return out
+
+
+def _rank_key(row: Mapping[str, Any]) -> tuple[Any, ...]:
+    worst, clean = row["worst8_acc"], row["clean_acc"]
+    return (
+        row["data_key"],
+        -worst if not math.isnan(worst) else math.inf,
+        -clean if not math.isnan(clean) else math.inf,
+        row["model"],
+        REGIMES.index(row["regime"]),
+    )
+
+
+def build_table(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per (dataset, model, regime), ranked within each dataset.
+
+    Accuracies are fractions in [0, 1]: ``<metric>_acc`` is the mean over seeds, ``_std`` the
+    sample std over seeds (nan for one seed), ``_lo``/``_hi`` the Wilson 95% CI on the counts
+    pooled over seeds (``_k``/``_n``). Metrics: ``clean``, ``fgsm8``, ``pgd2``, ``pgd8`` and
+    ``worst8`` (per-sample worst case over every attack at 8/255, from the robust masks;
+    ``worst8_prefix`` is true when masks of different n were cut to their common prefix).
+    ``cw_l2`` is the mean over seeds of the C&W median L2 with ``cw_lo``/``cw_hi`` its CI.
+    Sorted by ``data_key``, then worst-case accuracy descending, clean accuracy descending,
+    model name and regime; ``rank`` restarts at 1 for each dataset.
+    """
+    rows = sorted((_row_dict(r) for r in _group_rows(records)), key=_rank_key)
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    table.insert(2, "rank", table.groupby("data_key", sort=False).cumcount() + 1)
+    return table
+
+
+def build_eps_curves(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """Long table of L∞ robust accuracy (mean over seeds, pooled Wilson CI) per attack and eps."""
+    out = []
+    for row in _group_rows(records):
+        points = sorted({p for s in row.seeds.values() for p in s.points})
+        for attack, eps in points:
+            agg = _agg_counts(
+                [s.points[(attack, eps)] for s in row.seeds.values() if (attack, eps) in s.points]
+            )
+            out.append(
+                {
+                    "data_key": row.data_key,
+                    "model": row.model["name"],
+                    "regime": row.regime,
+                    "alpha": float(row.model["alpha"]),
+                    "rho": float(row.model["rho"]),
+                    "attack": attack,
+                    "eps_255": eps,
+                    **agg,
+                }
+            )
+    return pd.DataFrame(out)
+
+
+# -- findings -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Finding:
+    """Spearman correlation between model size (MACs) and a robustness metric (or its gain).
+
+    ``kind`` is ``"robustness"`` (the metric itself within ``regime``) or ``"gain"`` (the
+    metric of ``regime`` minus that of standard training, matched by model). ``verdict`` is
+    one of the module's verdict phrases; ``text`` is the sentence printed in the leaderboard.
+    """
+
+    data: str
+    kind: str
+    metric: str
+    regime: str
+    rho: float
+    lo: float
+    hi: float
+    n: int
+    verdict: str
+    text: str
+
+
+def _fmt_num(x: float, fmt: str = ".2f") -> str:
+    return "n/a" if math.isnan(x) else format(x, fmt)
+
+
+def _sign(lo: float, hi: float, n: int) -> int:
+    # nan bounds compare False, so a missing interval is never a verdict.
+    if n >= 3 and lo > 0:
+        return 1
+    if n >= 3 and hi < 0:
+        return -1
+    return 0
+
+
+def _make_finding(
+    data: str, kind: str, metric: str, regime: str, macs: np.ndarray, values: np.ndarray
+) -> Finding:
+    n = len(macs)
+    rho, lo, hi = spearman_with_ci(macs, values, n_boot=N_BOOT, seed=SPEARMAN_SEED) if n else (math.nan,) * 3
+    sign = _sign(lo, hi, n)
+    label = METRIC_LABELS[metric]
+    stats = f"ρ_s = {_fmt_num(rho)}, 95% CI [{_fmt_num(lo)}, {_fmt_num(hi)}], n = {n} model{'s' * (n != 1)}"
+    if n < 3:
+        stats += "; too few models for a verdict"
+    if kind == "robustness":
+        verdict = {1: LIGHTER, -1: LARGER, 0: INCONCLUSIVE}[sign]
+        prefix = "standard training" if regime == "standard" else f"{REGIME_LABELS[regime]} fine-tuning"
+        body = verdict if sign else "inconclusive whether model size changes robustness"
+        text = f"{prefix}: {body} under {label} ({stats})"
+    else:
+        verdict = {1: GAIN_LARGER, -1: GAIN_LIGHTER, 0: INCONCLUSIVE}[sign]
+        body = verdict if sign else "inconclusive whether the gain from fine-tuning depends on model size"
+        text = f"{REGIME_LABELS[regime]} vs standard: {body} under {label} ({stats})"
+    return Finding(data, kind, metric, regime, rho, lo, hi, n, verdict, text)
+
+
+def _gains(table: pd.DataFrame, regime: str, metric: str) -> pd.DataFrame:
+    col = METRIC_COLUMNS[metric]
+    std = table[table["regime"] == "standard"][["data_key", "model", col]]
+    adv = table[table["regime"] == regime][["data_key", "model", "macs", "alpha", "rho", col]]
+    merged = adv.merge(std, on=["data_key", "model"], suffixes=("", "_standard"), sort=True)
+    merged["gain"] = merged[col] - merged[f"{col}_standard"]
+    return merged[np.isfinite(merged["gain"])]
+
+
+def _rank_safe(values: np.ndarray) -> np.ndarray:
+    """Replace +inf (a C&W median over mostly failed attacks) by a finite value of the same rank."""
+    finite = values[np.isfinite(values)]
+    top = (finite.max() if finite.size else 0.0) + 1.0
+    return np.where(np.isposinf(values), top, values)
+
+
+def findings(records_or_table: Iterable[Mapping[str, Any]] | pd.DataFrame) -> list[Finding]:
+    """Size-vs-robustness and size-vs-gain correlations for every dataset, regime and metric.
+
+    Positive ρ_s with a 95% bootstrap CI entirely above 0 means lighter models are easier to
+    fool (or, for gains, that fine-tuning helps larger models more); a CI entirely below 0 the
+    reverse; a CI that crosses 0, a nan correlation or fewer than 3 models is inconclusive.
+    """
+    table = records_or_table if isinstance(records_or_table, pd.DataFrame) else build_table(records_or_table)
+    out: list[Finding] = []
+    if table.empty:
+        return out
+    for data_key in sorted(table["data_key"].unique()):
+        data = table[table["data_key"] == data_key]
+        regimes = [r for r in REGIMES if r in set(data["regime"])]
+        for regime in regimes:
+            rows = data[data["regime"] == regime]
+            for metric, col in METRIC_COLUMNS.items():
+                ok = rows[~np.isnan(rows[col])]
+                values = _rank_safe(ok[col].to_numpy())
+                out.append(
+                    _make_finding(data_key, "robustness", metric, regime, ok["macs"].to_numpy(), values)
+                )
+        if "standard" in regimes:
+            for regime in regimes[1:]:
+                for metric in METRIC_COLUMNS:
+                    gains = _gains(data, regime, metric)
+                    out.append(
+                        _make_finding(
+                            data_key,
+                            "gain",
+                            metric,
+                            regime,
+                            gains["macs"].to_numpy(),
+                            gains["gain"].to_numpy(),
+                        )
+                    )
+    return out
+
+
+def _change(name: str, row: Mapping[str, Any], col: str) -> str:
+    before, after = 100 * row[f"{col}_std"], 100 * row[col]
+    return f"{name} {before:.1f}% → {after:.1f}% ({after - before:+.1f} points)"
+
+
+def _clean_cost_lines(table: pd.DataFrame) -> list[str]:
+    lines = []
+    for regime in REGIMES[1:]:
+        col = METRIC_COLUMNS["worst8"]
+        merged = table[table["regime"] == regime].merge(
+            table[table["regime"] == "standard"], on=["data_key", "model"], suffixes=("", "_std"), sort=True
+        )
+        for _, r in merged.iterrows():
+            text = f"{r['model']}, {REGIME_LABELS[regime]}: {_change('clean accuracy', r, 'clean_acc')}"
+            if not math.isnan(r[col] - r[f"{col}_std"]):
+                text += f"; {_change('worst-case@8/255', r, col)}"
+            lines.append(text)
+    return lines
+
+
+# -- markdown -----------------------------------------------------------------------------------
+
+
+def _fmt_eps(eps_255: float) -> str:
+    return f"{int(eps_255)}/255" if float(eps_255).is_integer() else f"{eps_255:g}/255"
+
+
+def _fmt_acc(row: Mapping[str, Any], key: str) -> str:
+    acc = row[f"{key}_acc"]
+    if math.isnan(acc):
+        return DASH
+    std = row[f"{key}_std"]
+    spread = f" ± {100 * std:.1f}" if not math.isnan(std) else ""
+    return f"{100 * acc:.1f}{spread} [{100 * row[f'{key}_lo']:.1f}, {100 * row[f'{key}_hi']:.1f}]"
+
+
+def _fmt_cw(row: Mapping[str, Any]) -> str:
+    if math.isnan(row["cw_l2"]):
+        return DASH
+    spread = f" ± {row['cw_std']:.3f}" if not math.isnan(row["cw_std"]) else ""
+    return f"{row['cw_l2']:.3f}{spread} [{row['cw_lo']:.3f}, {row['cw_hi']:.3f}]"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+TABLE_HEADER = (
+    "rank",
+    "model",
+    "regime",
+    "params (M)",
+    "MACs (M)",
+    "clean acc",
+    "FGSM@8/255",
+    "PGD@2/255",
+    "PGD@8/255",
+    "worst-case@8/255",
+    "C&W median L2",
+    "latency (ms, CPU b=1)",
+    "sanity flags",
+    "seeds",
+)
+
+
+def _table_lines(rows: pd.DataFrame) -> list[str]:
+    lines = ["| " + " | ".join(TABLE_HEADER) + " |", "|" + "|".join("---" for _ in TABLE_HEADER) + "|"]
+    for _, r in rows.iterrows():
+        cells = [
+            str(r["rank"]),
+            r["model"],
+            REGIME_LABELS[r["regime"]],
+            f"{r['params_m']:.2f}",
+            f"{r['macs_m']:.1f}",
+            _fmt_acc(r, "clean"),
+            *(_fmt_acc(r, key) for key, _, _ in ACC_METRICS),
+            _fmt_cw(r),
+            DASH if math.isnan(r["latency_ms"]) else f"{r['latency_ms']:.2f}",
+            r["sanity_flags"],
+            str(r["n_seeds"]),
+        ]
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return lines
+
+
+def _distinct(values: Iterable[Any]) -> list[str]:
+    # Sort before converting so counts order numerically (500 before 1000).
+    return [str(v) for v in sorted({v for v in values if v is not None})]
+
+
+def _flatten(prefix: str, value: Any) -> list[str]:
+    if isinstance(value, Mapping):
+        return [
+            item for k in sorted(value) for item in _flatten(f"{prefix}.{k}" if prefix else str(k), value[k])
+        ]
+    return [f"{prefix}={json.dumps(value, sort_keys=True)}"]
+
+
+def _attack_settings(records: Sequence[Mapping[str, Any]], attack: str) -> str:
+    settings = set()
+    for r in records:
+        if r["attack"] != attack:
+            continue
+        cfg = r["config"].get("attack")
+        if isinstance(cfg, Mapping) and isinstance(cfg.get(attack), Mapping):
+            cfg = cfg[attack]  # the study records {"attack": {"pgd": {...}}}
+        settings.add(
+            ", ".join(_flatten("", cfg)) if isinstance(cfg, Mapping) else "not recorded in config.attack"
+        )
+    return " | ".join(sorted(settings))
+
+
+def _protocol_lines(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    clean_ns = ", ".join(_distinct(r["clean"]["n"] for r in records))
+    lines = [f"- Clean accuracy on the first n test images, n = {clean_ns}."]
+    entries = [e for r in records for e in r["eps_results"]]
+    for attack, name in (("fgsm", "FGSM"), ("pgd", "PGD")):
+        mine = [e for e in entries if e["attack"] == attack]
+        if not mine:
+            continue
+        grid = sorted({_eps_key(e["eps_255"]) for e in mine if e["norm"] == "linf"})
+        losses = ", ".join(_distinct(e["loss"] for e in mine))
+        ns = ", ".join(_distinct(e["n"] for e in mine))
+        settings = _attack_settings(records, attack)
+        lines.append(
+            f"- {name} (L∞): ε ∈ {{{', '.join(_fmt_eps(e) for e in grid)}}}; losses {losses}; n = {ns}"
+            + (f"; settings {settings}." if settings else ".")
+        )
+    cw = [r["cw"] for r in records if r["cw"] is not None]
+    if cw:
+        budgets = ", ".join(
+            _distinct(f"{c['steps']} steps × {c['binary_search_steps']} binary-search steps" for c in cw)
+        )
+        lines.append(
+            f"- C&W (L2): {budgets}; n = {', '.join(_distinct(c['n'] for c in cw))} images; "
+            f"settings {_attack_settings(records, 'cw')}."
+        )
+    lines.append(f"- Seeds: {', '.join(str(s) for s in sorted({r['seed'] for r in records}))}.")
+    envs = [r["env"] for r in records]
+    lines.append(f"- Hardware: {'; '.join(_distinct(e['device'] for e in envs))}.")
+    libs = []
+    for key, name in (
+        ("torch", "torch"),
+        ("torchvision", "torchvision"),
+        ("foolbox", "foolbox"),
+        ("art", "ART"),
+    ):
+        libs.append(f"{name} {' / '.join(_distinct(e[key] for e in envs)) or 'unknown'}")
+    libs.append(f"Python {' / '.join(_distinct(e['python'] for e in envs)) or 'unknown'}")
+    platforms = "; ".join(_distinct(e["platform"] for e in envs)) or "unknown"
+    lines.append(f"- Libraries: {', '.join(libs)}; platform {platforms}.")
+    commits = _distinct(e["git_commit"] for e in envs)
+    lines.append(f"- Git commit(s): {', '.join(f'`{c}`' for c in commits) if commits else 'unknown'}.")
+    return lines
+
+
+def _reading_notes(rows: pd.DataFrame) -> list[str]:
+    notes = [
+        "- Accuracies are percentages: mean over seeds, ± the sample standard deviation over seeds (only "
+        "with more than one seed), and a Wilson 95% CI on the counts pooled over seeds.",
+        "- FGSM@ε and PGD@ε use, per seed, the strongest recorded loss at that ε (lowest accuracy).",
+        "- worst-case@8/255 counts an image as robust only if it survives every attack record of the row "
+        "at 8/255 (FGSM and PGD with each loss): the per-sample AND of the robust masks.",
+        "- C&W median L2: mean over seeds of the median minimal L2 perturbation with its percentile "
+        "bootstrap 95% CI from the record; with several seeds the CI is the envelope of the per-seed CIs.",
+        "- Ranked by worst-case@8/255, then clean accuracy, then model name and regime.",
+    ]
+    cut = rows[rows["worst8_prefix"]]
+    for _, r in cut.iterrows():
+        notes.append(
+            f"- {r['model']} ({REGIME_LABELS[r['regime']]}): its attacks' masks cover different numbers of "
+            "images, so worst-case@8/255 uses the common first images only."
+        )
+    return notes
+
+
+def render_markdown(records: Sequence[Mapping[str, Any]], table: pd.DataFrame | None = None) -> str:
+    """The leaderboard page: one section (protocol, table, findings) per dataset, then figures.
+
+    ``table`` defaults to ``build_table(records)``; pass it to avoid recomputing it.
+    """
+    records = sorted(records, key=lambda r: r["run_id"])
+    if table is None:
+        table = build_table(records)
+    newest = max((r["created"] for r in records), default="n/a")
+    out = [
+        "# MobileNet V1 adversarial-robustness leaderboard",
+        "",
+        f"Generated by `python -m robust_mnv1.leaderboard` from {len(records)} run records "
+        f"(newest created {newest}); do not edit by hand.",
+    ]
+    all_findings = findings(table)
+    for data_key in sorted(table["data_key"].unique()) if not table.empty else []:
+        mine = [r for r in records if r["data"]["key"] == data_key]
+        rows = table[table["data_key"] == data_key]
+        labels = " / ".join(_distinct(r["data"]["label"] for r in mine))
+        sizes = "; ".join(
+            _distinct(f"{r['data']['n_train']} train / {r['data']['n_test']} test images" for r in mine)
+        )
+        out += [
+            "",
+            f"## {labels}",
+            "",
+            f"Dataset `{data_key}` ({', '.join(_distinct(r['data']['name'] for r in mine))}): {sizes}.",
+            "",
+            "### Evaluation protocol",
+            "",
+            *_protocol_lines(mine),
+            "",
+            "### Leaderboard",
+            "",
+            *_reading_notes(rows),
+            "",
+            *_table_lines(rows),
+            "",
+            "### Findings",
+            "",
+            "Spearman rank correlation ρ_s between model size (MACs) and robustness across the models of "
+            "each regime, with a percentile bootstrap 95% CI over models. With only a handful of models the "
+            "CI is wide: a verdict needs the whole CI on one side of 0 (and at least 3 models).",
+            "",
+        ]
+        mine_f = [f for f in all_findings if f.data == data_key]
+        out += [f"- {f.text}" for f in mine_f if f.kind == "robustness"]
+        gains = [f for f in mine_f if f.kind == "gain"]
+        if gains:
+            out += ["", "Gain from fine-tuning (regime minus standard, matched by model) vs MACs:", ""]
+            out += [f"- {f.text}" for f in gains]
+        costs = _clean_cost_lines(rows)
+        if costs:
+            out += ["", "### Clean-accuracy cost of fine-tuning", ""]
+            out += [f"- {c}" for c in costs]
+    out += ["", "## Figures", ""]
+    out += [f"![{name}](figures/{name}.png)" for name in FIGURES]
+    return "\n".join(out) + "\n"
+
+
+# -- figures ------------------------------------------------------------------------------------
+
+_REGIME_STYLE = {"standard": ("-", "o"), "pgd-at": ("--", "s"), "fast-at": (":", "^"), "trades": ("-.", "D")}
+
+
+def _model_colors(table: pd.DataFrame) -> dict[str, Any]:
+    from matplotlib import colormaps
+
+    models = (
+        table.sort_values(["alpha", "rho", "model"], kind="mergesort")["model"].drop_duplicates().tolist()
+    )
+    cmap = colormaps["viridis"]
+    return {m: cmap(i / max(1, len(models) - 1) * 0.9) for i, m in enumerate(models)}
+
+
+def _note(ax: Any, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=9)
+    ax.set_axis_off()
+
+
+def _data_labels(table: pd.DataFrame) -> dict[str, str]:
+    return {k: " / ".join(sorted(set(g["data_label"]))) for k, g in table.groupby("data_key", sort=True)}
+
+
+def _save(fig: Figure, path: Path) -> None:
+    buf = io.BytesIO()
+    # No Software/date metadata, so the same data gives the same bytes.
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    path.write_bytes(buf.getvalue())
+
+
+def _plot_eps(table: pd.DataFrame, curves: pd.DataFrame, path: Path) -> None:
+    labels = _data_labels(table)
+    colors = _model_colors(table)
+    fig = Figure(figsize=(12, 4.5 * len(labels)), layout="constrained")
+    axes = fig.subplots(len(labels), 2, squeeze=False)
+    for (data_key, label), ax_row in zip(labels.items(), axes, strict=True):
+        for ax, attack, name in ((ax_row[0], "pgd", "PGD"), (ax_row[1], "fgsm", "FGSM")):
+            sub = (
+                curves[(curves["data_key"] == data_key) & (curves["attack"] == attack)]
+                if len(curves)
+                else curves
+            )
+            if sub.empty:
+                _note(ax, f"{label}: no {name} records")
+                continue
+            for (model, regime), g in sub.groupby(["model", "regime"], sort=True):
+                clean = table[
+                    (table["data_key"] == data_key) & (table["model"] == model) & (table["regime"] == regime)
+                ]
+                g = g.sort_values("eps_255")
+                xs = [0.0, *g["eps_255"]]
+                ys = [100 * clean["clean_acc"].iloc[0], *(100 * g["acc"])]
+                style, marker = _REGIME_STYLE[regime]
+                ax.plot(
+                    xs,
+                    ys,
+                    style,
+                    marker=marker,
+                    color=colors[model],
+                    label=f"{model} ({REGIME_LABELS[regime]})",
+                )
+            ax.set_title(f"{label}: {name} (L∞) robust accuracy")
+            ax.set_xlabel("ε (×1/255; 0 = clean)")
+            ax.set_ylabel("accuracy (%)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=6)
+    _save(fig, path)
+
+
+def _pareto(points: pd.DataFrame) -> pd.DataFrame:
+    """Rows not beaten by a cheaper-or-equal model with higher-or-equal robustness."""
+    ordered = points.sort_values(["macs_m", "worst8_acc"], ascending=[True, False], kind="mergesort")
+    best = -math.inf
+    keep = []
+    for idx, acc in ordered["worst8_acc"].items():
+        if acc > best:
+            keep.append(idx)
+            best = acc
+    return ordered.loc[keep]
+
+
+def _plot_macs(table: pd.DataFrame, path: Path) -> None:
+    labels = _data_labels(table)
+    fig = Figure(figsize=(8, 5 * len(labels)), layout="constrained")
+    axes = fig.subplots(len(labels), 1, squeeze=False)
+    for (data_key, label), (ax,) in zip(labels.items(), axes, strict=True):
+        rows = table[(table["data_key"] == data_key) & np.isfinite(table["worst8_acc"])]
+        if rows.empty:
+            _note(ax, f"{label}: no worst-case@8/255 results")
+            continue
+        std = rows[rows["regime"] == "standard"].set_index("model")
+        for _, r in rows[rows["regime"] != "standard"].iterrows():
+            if r["model"] in std.index:  # before -> after fine-tuning
+                before = std.loc[r["model"]]
+                ax.annotate(
+                    "",
+                    xy=(r["macs_m"], 100 * r["worst8_acc"]),
+                    xytext=(before["macs_m"], 100 * before["worst8_acc"]),
+                    arrowprops={"arrowstyle": "->", "color": "0.6", "lw": 0.8},
+                )
+        for regime in REGIMES:
+            g = rows[rows["regime"] == regime]
+            if not g.empty:
+                ax.scatter(
+                    g["macs_m"],
+                    100 * g["worst8_acc"],
+                    marker=_REGIME_STYLE[regime][1],
+                    label=REGIME_LABELS[regime],
+                )
+        front = _pareto(rows)
+        ax.step(
+            front["macs_m"], 100 * front["worst8_acc"], where="post", color="k", lw=1, label="Pareto front"
+        )
+        ax.scatter(front["macs_m"], 100 * front["worst8_acc"], s=120, facecolors="none", edgecolors="k")
+        ax.set_xscale("log")
+        # Plain numbers (3, 10, 40) read better than 3×10^0 on a short log axis.
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.set_title(f"{label}: worst-case@8/255 robust accuracy vs MACs")
+        ax.set_xlabel("MACs (M, log scale)")
+        ax.set_ylabel("worst-case@8/255 accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def _plot_gain(table: pd.DataFrame, path: Path) -> None:
+    labels = _data_labels(table)
+    fig = Figure(figsize=(12, 4.5 * len(labels)), layout="constrained")
+    axes = fig.subplots(len(labels), 2, squeeze=False)
+    for (data_key, label), ax_row in zip(labels.items(), axes, strict=True):
+        data = table[table["data_key"] == data_key]
+        gains = pd.concat([_gains(data, regime, "worst8").assign(regime=regime) for regime in REGIMES[1:]])
+        for ax, x, other, name in ((ax_row[0], "alpha", "rho", "α"), (ax_row[1], "rho", "alpha", "ρ")):
+            if gains.empty:
+                _note(ax, f"{label}: no standard + fine-tuned pair for worst-case@8/255")
+                continue
+            if gains[x].nunique() < 2:
+                _note(ax, f"{label}: every model has {name} = {gains[x].iloc[0]:g}; no {name} sweep")
+                continue
+            for (regime, fixed), g in gains.groupby(["regime", other], sort=True):
+                g = g.sort_values(x)
+                style, marker = _REGIME_STYLE[regime]
+                other_name = "ρ" if other == "rho" else "α"
+                ax.plot(
+                    g[x],
+                    100 * g["gain"],
+                    style,
+                    marker=marker,
+                    label=f"{REGIME_LABELS[regime]}, {other_name}={fixed:g}",
+                )
+            ax.axhline(0, color="0.5", lw=0.8)
+            ax.set_title(f"{label}: fine-tuning gain by {name}")
+            ax.set_xlabel(f"{name} ({'width' if x == 'alpha' else 'resolution'} multiplier)")
+            ax.set_ylabel("gain in worst-case@8/255 accuracy (points)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+# -- entry points -------------------------------------------------------------------------------
+
+
+def generate(results_dir: str | Path) -> dict[str, Path]:
+    """Regenerate the markdown, CSV and figures from ``results_dir/runs/*.json``.
+
+    Returns the written paths keyed ``markdown``, ``csv`` and one key per figure name. Raises
+    :class:`UserError` when there is no valid record.
+    """
+    results_dir = Path(results_dir)
+    runs = results_dir / "runs"
+    records = load_records(runs)
+    if not records:
+        raise UserError(f"no valid run records in {runs}; run the study first (it writes runs/<run_id>.json)")
+    table = build_table(records)
+    paths = {"markdown": results_dir / "leaderboard.md", "csv": results_dir / "leaderboard.csv"}
+    paths["markdown"].write_text(render_markdown(records, table), encoding="utf-8")
+    csv = table.to_csv(index=False, float_format="%.6g", lineterminator="\n")
+    paths["csv"].write_text(csv, encoding="utf-8")
+    figures = results_dir / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    paths.update({name: figures / f"{name}.png" for name in FIGURES})
+    _plot_eps(table, build_eps_curves(records), paths["robust_acc_vs_eps"])
+    _plot_macs(table, paths["robustness_vs_macs"])
+    _plot_gain(table, paths["finetune_gain"])
+    return paths
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point; returns the exit status."""
+    parser = argparse.ArgumentParser(
+        prog="python -m robust_mnv1.leaderboard",
+        description="Regenerate leaderboard.md, leaderboard.csv and figures/ from DIR/runs/*.json.",
+    )
+    parser.add_argument(
+        "--results", default="results", type=Path, help="results directory (default: results)"
+    )
+    args = parser.parse_args(argv)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            paths = generate(args.results)
+        except UserError as exc:
+            paths = None
+            error = str(exc)
+    # One line per skipped record instead of the default two-line warning format.
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    if paths is None:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    for path in paths.values():
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

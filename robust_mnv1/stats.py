@@ -1,0 +1,145 @@
+"""Confidence intervals and rank correlation for the leaderboard (numpy/scipy only, no torch).
+
+Every resampling function takes an explicit ``seed`` and draws from its own
+``numpy.random.Generator``, so the same inputs always give the same interval: the generated
+leaderboard must be byte-identical when it is regenerated from the same records.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from scipy.stats import rankdata
+
+from robust_mnv1.errors import UserError
+
+Z95 = 1.959963984540054
+"""Two-sided 95% standard-normal quantile."""
+
+# A bootstrap interval needs most resamples to be usable; below this share of valid (non-constant)
+# resamples the interval would describe a biased subset, so it is reported as nan instead.
+_MIN_VALID_FRACTION = 0.5
+
+
+def wilson_ci(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion ``k / n``.
+
+    Unlike the normal approximation it stays inside [0, 1] and is sensible at ``k = 0`` or
+    ``k = n``. With ``n = 0`` there is no evidence at all, so the whole range ``(0.0, 1.0)`` is
+    returned rather than nan: callers can print it without special cases.
+    """
+    if isinstance(k, bool) or isinstance(n, bool) or int(k) != k or int(n) != n:
+        raise UserError(f"wilson_ci needs integer counts, got k={k!r}, n={n!r}")
+    k, n = int(k), int(n)
+    if n < 0 or not 0 <= k <= n:
+        raise UserError(f"wilson_ci needs 0 <= k <= n, got k={k}, n={n}")
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    z2 = z * z
+    denom = 1.0 + z2 / n
+    centre = (p + z2 / (2 * n)) / denom
+    half = z * math.sqrt(p * (1.0 - p) / n + z2 / (4 * n * n)) / denom
+    # At k = 0 (k = n) the lower (upper) bound is exactly 0 (1); float round-off would miss it.
+    lo = 0.0 if k == 0 else max(0.0, centre - half)
+    hi = 1.0 if k == n else min(1.0, centre + half)
+    return lo, hi
+
+
+def _check_level(level: float) -> None:
+    if not 0.0 < level < 1.0:
+        raise UserError(f"confidence level must be in (0, 1), got {level!r}")
+
+
+def _check_n_boot(n_boot: int) -> None:
+    if isinstance(n_boot, bool) or int(n_boot) != n_boot or n_boot < 1:
+        raise UserError(f"n_boot must be a positive integer, got {n_boot!r}")
+
+
+def _percentile_interval(stats: np.ndarray, level: float) -> tuple[float, float]:
+    tail = (1.0 - level) / 2.0
+    # "inverted_cdf" picks actual bootstrap values instead of interpolating between them, so an
+    # infinite statistic (e.g. a C&W median over mostly failed attacks) yields inf, not inf - inf = nan.
+    lo, hi = np.quantile(stats, [tail, 1.0 - tail], method="inverted_cdf")
+    return float(lo), float(hi)
+
+
+def bootstrap_ci(
+    values: Sequence[float] | np.ndarray,
+    statistic: Callable[[np.ndarray], float] = np.median,
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``statistic`` over ``values``.
+
+    ``values`` is resampled with replacement ``n_boot`` times; the interval is the central
+    ``level`` share of the resampled statistics. Deterministic for a given ``seed``. An empty
+    sample gives ``(nan, nan)``.
+    """
+    _check_level(level)
+    _check_n_boot(n_boot)
+    data = np.asarray(values, dtype=float).ravel()
+    if data.size == 0:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, data.size, size=(n_boot, data.size))
+    stats = np.array([statistic(data[row]) for row in idx], dtype=float)
+    return _percentile_interval(stats, level)
+
+
+def _rowwise_spearman(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Spearman rho of each row pair; nan where a row of x or y is constant."""
+    rx = rankdata(x, axis=1)
+    ry = rankdata(y, axis=1)
+    rx -= rx.mean(axis=1, keepdims=True)
+    ry -= ry.mean(axis=1, keepdims=True)
+    sxx = np.einsum("ij,ij->i", rx, rx)
+    syy = np.einsum("ij,ij->i", ry, ry)
+    sxy = np.einsum("ij,ij->i", rx, ry)
+    valid = (sxx > 0) & (syy > 0)
+    rho = np.full(x.shape[0], np.nan)
+    rho[valid] = sxy[valid] / np.sqrt(sxx[valid] * syy[valid])
+    # Pearson on ranks can overshoot +-1 by an ulp; a correlation outside [-1, 1] would print oddly.
+    return np.clip(rho, -1.0, 1.0)
+
+
+def spearman_with_ci(
+    x: Sequence[float] | np.ndarray,
+    y: Sequence[float] | np.ndarray,
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float, float]:
+    """Spearman rank correlation of paired samples with a percentile bootstrap interval.
+
+    Ties get average ranks. Pairs ``(x_i, y_i)`` are resampled together; resamples in which
+    x or y is constant have no defined correlation and are skipped. Returns
+    ``(rho, lo, hi)``: ``rho`` is nan when x or y is constant or there are fewer than 2 pairs,
+    and the interval is nan when fewer than half of the resamples were usable.
+    """
+    _check_level(level)
+    _check_n_boot(n_boot)
+    xs = np.asarray(x, dtype=float).ravel()
+    ys = np.asarray(y, dtype=float).ravel()
+    if xs.shape != ys.shape:
+        raise UserError(
+            f"spearman_with_ci needs paired samples, got {xs.size} x values and {ys.size} y values"
+        )
+    if not (np.all(np.isfinite(xs)) and np.all(np.isfinite(ys))):
+        raise UserError("spearman_with_ci needs finite values; drop missing (nan/inf) pairs first")
+    if xs.size < 2:
+        return math.nan, math.nan, math.nan
+    rho = float(_rowwise_spearman(xs[None, :], ys[None, :])[0])
+    if math.isnan(rho):
+        return math.nan, math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, xs.size, size=(n_boot, xs.size))
+    boot = _rowwise_spearman(xs[idx], ys[idx])
+    boot = boot[~np.isnan(boot)]
+    if boot.size < _MIN_VALID_FRACTION * n_boot:
+        return rho, math.nan, math.nan
+    lo, hi = _percentile_interval(boot, level)
+    return rho, lo, hi

@@ -1,0 +1,220 @@
+"""Hand-made schema-v1 run records for the records and leaderboard tests.
+
+:func:`make_study` builds a realistic little study (a few width multipliers x regimes x
+FGSM/PGD/C&W x seeds) whose robustness grows with model size in a controlled order, and
+whose robust masks overlap only partly across attacks, so the per-sample worst case is
+strictly below every single attack.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from robust_mnv1.records import REGIMES, config_hash, encode_mask, make_run_id, write_record
+from robust_mnv1.stats import wilson_ci
+
+ALPHAS = (0.25, 0.5, 0.75, 1.0)
+EPS_255 = (1, 2, 4, 8)
+DATA = {
+    "name": "imagefolder",
+    "label": "CIFAR-10 (JPEG q75)",
+    "key": "cifar10-jpeg",
+    "n_train": 50000,
+    "n_test": 10000,
+}
+ENV = {
+    "device": "NVIDIA H200",
+    "torch": "2.11.0",
+    "torchvision": "0.26.0",
+    "foolbox": "3.3.4",
+    "art": "1.20.1",
+    "python": "3.11.7",
+    "git_commit": "abc1234",
+    "platform": "Linux-x86_64",
+}
+# As the study records it: config.attack holds only the record's own attack.
+ATTACK_CONFIG = {
+    "fgsm": {"fgsm": {"eps_255": list(EPS_255)}},
+    "pgd": {
+        "pgd": {"eps_255": list(EPS_255), "steps": 20, "restarts": 1, "loss": "ce", "margin_at_255": [8]}
+    },
+    "cw": {"cw": {"steps": 100, "binary_search_steps": 9, "l2_radii": [0.1, 0.25, 0.5]}},
+}
+
+
+def model_block(alpha: float, rho: float = 1.0) -> dict[str, Any]:
+    """A ``model`` block whose params and MACs grow with alpha (and MACs with rho)."""
+    res = round(32 * rho)
+    return {
+        "name": f"MobileNetV1-{alpha:.2f}-{res}px",
+        "alpha": alpha,
+        "rho": rho,
+        "profile": "cifar",
+        "input_resolution": res,
+        "params": int(3.2e6 * alpha**2 + 1e4),
+        "macs": int(46e6 * alpha**2 * rho**2 + 1e5),
+    }
+
+
+def _acc_block(k: int, n: int) -> dict[str, Any]:
+    return {"accuracy": k / n, "ci95": list(wilson_ci(k, n))}
+
+
+def eps_entry(attack: str, eps_255: float, loss: str, mask: np.ndarray) -> dict[str, Any]:
+    """One ``eps_results`` entry whose counts and accuracy agree with ``mask``."""
+    n, k = int(mask.size), int(mask.sum())
+    return {
+        "attack": attack,
+        "norm": "linf",
+        "eps": eps_255 / 255,
+        "eps_255": eps_255,
+        "loss": loss,
+        "n": n,
+        "robust": k,
+        "robust_mask": encode_mask(mask),
+        **_acc_block(k, n),
+    }
+
+
+def make_record(
+    *,
+    model: Mapping[str, Any],
+    regime: str,
+    attack: str,
+    seed: int,
+    clean_mask: np.ndarray,
+    eps_results: Sequence[Mapping[str, Any]] = (),
+    cw_median: float | None = None,
+    flags: Sequence[str] = (),
+    latency_ms: float | None = 3.0,
+    data: Mapping[str, Any] = DATA,
+) -> dict[str, Any]:
+    """A complete, valid record; ``cw_median`` is required for (and only used by) C&W records."""
+    n, k = int(clean_mask.size), int(clean_mask.sum())
+    config = {
+        "model": {"alpha": model["alpha"], "rho": model["rho"], "profile": model["profile"]},
+        "data": {"key": data["key"]},
+        "attack": ATTACK_CONFIG[attack],
+        "regime": regime,
+        "seed": seed,
+    }
+    cw = None
+    if attack == "cw":
+        cw = {
+            "n": n,
+            "n_clean_correct": k,
+            "median_l2": cw_median,
+            "median_l2_ci95": [cw_median - 0.02, cw_median + 0.02],
+            "mean_l2": cw_median * 1.1,
+            "success_rate": 0.99,
+            "robust_at": [{"l2": l2, **_acc_block(round(k * (1 - l2)), n)} for l2 in (0.1, 0.25, 0.5)],
+            "steps": 100,
+            "binary_search_steps": 9,
+        }
+    return {
+        "schema_version": 1,
+        "run_id": make_run_id(model["name"], regime, attack, data["key"], seed),
+        "model": dict(model),
+        "regime": regime,
+        "attack": attack,
+        "data": dict(data),
+        "seed": seed,
+        "config": config,
+        "config_hash": config_hash(config),
+        "clean": {"n": n, "correct": k, **_acc_block(k, n)},
+        "eps_results": [dict(e) for e in eps_results],
+        "cw": cw,
+        "sanity": {
+            "passed": not flags,
+            "flags": list(flags),
+            "reports": [{"name": f, "flagged": True, "detail": "hand-made"} for f in flags],
+        },
+        "timing": {"train_s": 12.5, "finetune_s": 0.0 if regime == "standard" else 4.0, "eval_s": 40.0},
+        "latency_ms_cpu_b1": latency_ms,
+        "env": dict(ENV),
+        "created": "2026-11-28T04:00:00Z",
+    }
+
+
+def _first(perm: np.ndarray, start: int, count: int, n: int) -> np.ndarray:
+    mask = np.zeros(n, dtype=bool)
+    mask[perm[start : start + count]] = True
+    return mask
+
+
+def make_study(
+    *,
+    alphas: Sequence[float] = ALPHAS,
+    regimes: Sequence[str] = ("standard", "pgd-at"),
+    seeds: Sequence[int] = (0,),
+    n: int = 200,
+    robust_rank: Sequence[int] | None = None,
+    flags: Mapping[tuple[float, str], Sequence[str]] | None = None,
+    pgd_n: int | None = None,
+    attacks: Sequence[str] = ("fgsm", "pgd", "cw"),
+    data: Mapping[str, Any] = DATA,
+) -> list[dict[str, Any]]:
+    """FGSM, PGD and C&W records for every (alpha, regime, seed).
+
+    ``robust_rank[i]`` orders the robustness of ``alphas[i]`` (default: robustness grows with
+    alpha, i.e. with MACs). Adversarial regimes add a gain that also grows with the rank.
+    ``flags`` maps (alpha, regime) to sanity flags on that row's PGD record. ``pgd_n``
+    evaluates PGD on only the first ``pgd_n`` images, to exercise mismatched mask lengths.
+    Only the records of ``attacks`` are returned.
+    Seeds must be in 0..3 (they shift the counts, which must stay inside the clean-correct set).
+    """
+    ranks = list(range(len(alphas))) if robust_rank is None else list(robust_rank)
+    flags = flags or {}
+    records = []
+    for i, alpha in enumerate(alphas):
+        r = ranks[i]
+        model = model_block(alpha)
+        for regime in regimes:
+            adv = regime != "standard"
+            clean_rate = (0.74 if adv else 0.84) + 0.02 * r
+            base = 0.15 + 0.1 * r + (0.2 + 0.05 * r if adv else 0.0)
+            for seed in seeds:
+                rng = np.random.default_rng([i, REGIMES.index(regime), seed])
+                # Seeds move clean and robust counts in opposite directions so seed std is non-zero.
+                k_clean = round(clean_rate * n) - seed
+                order = rng.permutation(n)
+                clean = _first(order, 0, k_clean, n)
+                fgsm_eps, pgd_eps = [], []
+                for e in EPS_255:
+                    k_f = round(base * (1 - 0.06 * e) * n) + seed
+                    k_p = round(base * (1 - 0.08 * e) * n) + seed
+                    # PGD's robust set is shifted against FGSM's so they overlap in only k_p - 3 images.
+                    shift = k_f - k_p + 3
+                    fgsm_eps.append(eps_entry("fgsm", e, "ce", _first(order, 0, k_f, n)))
+                    pgd_ce = _first(order, shift, k_p, n)
+                    pgd_eps.append(eps_entry("pgd", e, "ce", pgd_ce[:pgd_n]))
+                    if e == 8:
+                        pgd_cem = _first(order, shift, k_p - 2, n)
+                        pgd_eps.append(eps_entry("pgd", e, "ce+margin", pgd_cem[:pgd_n]))
+                common = {"model": model, "regime": regime, "seed": seed, "data": data}
+                cw_median = 0.1 + 0.05 * r + (0.2 + 0.1 * r if adv else 0.0) + 0.01 * seed
+                built = {
+                    "fgsm": make_record(**common, attack="fgsm", clean_mask=clean, eps_results=fgsm_eps),
+                    "pgd": make_record(
+                        **common,
+                        attack="pgd",
+                        clean_mask=clean[:pgd_n],
+                        eps_results=pgd_eps,
+                        flags=flags.get((alpha, regime), ()),
+                    ),
+                    "cw": make_record(**common, attack="cw", clean_mask=clean, cw_median=cw_median),
+                }
+                records += [built[a] for a in attacks]
+    return records
+
+
+def write_study(records: Sequence[Mapping[str, Any]], results_dir: Path) -> Path:
+    """Write ``records`` to ``results_dir/runs`` and return the runs directory."""
+    runs = results_dir / "runs"
+    for record in records:
+        write_record(record, runs)
+    return runs

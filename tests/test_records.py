@@ -1,0 +1,335 @@
+"""Tests for robust_mnv1.records: schema validation, atomic storage, tolerant loading, masks."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import multiprocessing as mp
+import os
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# tests/ may be run as a package (tests/__init__.py) or as plain modules on sys.path.
+try:
+    from tests._records import make_study
+except ImportError:
+    from _records import make_study
+from hypothesis import given
+from hypothesis import strategies as st
+
+from robust_mnv1.errors import UserError
+from robust_mnv1.records import (
+    RecordError,
+    RecordWarning,
+    config_hash,
+    decode_mask,
+    encode_mask,
+    load_records,
+    make_run_id,
+    validate_record,
+    write_record,
+)
+
+
+@pytest.fixture(scope="module")
+def study() -> list[dict]:
+    return make_study(alphas=(0.25, 0.5), regimes=("standard", "pgd-at"), n=64)
+
+
+@pytest.fixture
+def pgd(study) -> dict:
+    return copy.deepcopy(next(r for r in study if r["attack"] == "pgd"))
+
+
+@pytest.fixture
+def cw(study) -> dict:
+    return copy.deepcopy(next(r for r in study if r["attack"] == "cw"))
+
+
+def _delete(record: dict, path: str) -> None:
+    *parents, last = path.split(".")
+    node = record
+    for part in parents:
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    del node[last]
+
+
+def test_hand_made_records_are_valid(study):
+    for record in study:
+        validate_record(record)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "schema_version",
+        "run_id",
+        "model.macs",
+        "model.name",
+        "regime",
+        "data.key",
+        "seed",
+        "config",
+        "clean",
+        "clean.correct",
+        "eps_results.0.robust_mask",
+        "eps_results.2.loss",
+        "cw",
+        "sanity.flags",
+        "timing",
+        "env.device",
+        "env.git_commit",
+        "latency_ms_cpu_b1",
+        "created",
+    ],
+)
+def test_missing_field_is_named(pgd, path):
+    _delete(pgd, path)
+    shown = re.sub(r"\.(\d+)\.", r"[\1].", path)
+    with pytest.raises(RecordError, match=re.escape(f"missing field '{shown}'")):
+        validate_record(pgd)
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "field"),
+    [
+        ("clean.accuracy", 1.2, "clean.accuracy"),
+        ("clean.accuracy", -0.1, "clean.accuracy"),
+        ("clean.accuracy", float("nan"), "clean.accuracy"),
+        ("clean.accuracy", 0.5, "clean.accuracy"),  # disagrees with correct / n
+        ("clean.ci95", [0.9, 0.8], "clean.ci95"),
+        ("clean.ci95", [0.1, 1.5], "clean.ci95"),
+        ("clean.correct", 10_000, "clean.correct"),
+        ("clean.n", True, "clean.n"),
+        ("eps_results.0.accuracy", 1.01, "eps_results[0].accuracy"),
+        ("eps_results.0.robust", 0, "eps_results[0]"),
+        ("eps_results.0.eps_255", 3, "eps_results[0].eps_255"),
+        ("eps_results.0.norm", "l1", "eps_results[0].norm"),
+        ("eps_results.1.robust_mask", "not base64!", "robust mask"),
+        ("schema_version", 2, "schema_version"),
+        ("regime", "adversarial", "regime"),
+        ("attack", "deepfool", "attack"),
+        ("run_id", "../../etc/passwd", "run_id"),
+        ("config_hash", "0" * 64, "config_hash"),
+        ("cw", {"n": 1}, "cw"),
+        ("sanity.passed", "yes", "sanity.passed"),
+        ("timing.eval_s", -1.0, "timing.eval_s"),
+        ("model.params", 1.5, "model.params"),
+        ("env.torch", None, "env.torch"),
+        ("created", "yesterday", "created"),
+    ],
+)
+def test_bad_values_are_rejected_and_named(pgd, path, value, field):
+    *parents, last = path.split(".")
+    node = pgd
+    for part in parents:
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    node[last] = value
+    with pytest.raises(RecordError) as info:
+        validate_record(pgd)
+    assert field in str(info.value)
+
+
+def test_cw_record_rules(cw):
+    validate_record(cw)
+    bad = copy.deepcopy(cw)
+    bad["cw"] = None
+    with pytest.raises(RecordError, match="'cw' must be an object"):
+        validate_record(bad)
+    bad = copy.deepcopy(cw)
+    bad["cw"]["success_rate"] = 2.0
+    with pytest.raises(RecordError, match=r"cw\.success_rate"):
+        validate_record(bad)
+    undefined = copy.deepcopy(cw)  # no successful attack: statistics are nan, which is allowed
+    undefined["cw"].update(median_l2=float("nan"), median_l2_ci95=[float("nan")] * 2, mean_l2=float("nan"))
+    validate_record(undefined)
+    infinite = copy.deepcopy(cw)
+    infinite["cw"].update(median_l2=float("inf"), median_l2_ci95=[0.4, float("inf")])
+    validate_record(infinite)
+    bad = copy.deepcopy(cw)
+    bad["eps_results"] = [{"attack": "pgd"}]
+    with pytest.raises(RecordError, match="must be empty for a cw record"):
+        validate_record(bad)
+
+
+def test_record_error_is_a_user_error_and_value_error():
+    assert issubclass(RecordError, UserError)
+    assert issubclass(RecordError, ValueError)
+    with pytest.raises(RecordError, match="JSON object"):
+        validate_record([])
+
+
+def test_make_run_id_is_filesystem_safe():
+    assert make_run_id("MobileNetV1-0.50-32px", "pgd-at", "pgd", "cifar10-jpeg", 0) == (
+        "MobileNetV1-0.50-32px__pgd-at__pgd__cifar10-jpeg__s0"
+    )
+    run_id = make_run_id("Mobile Net/v1__x", "standard", "cw", "my data:set", 12)
+    assert run_id == "Mobile-Net-v1-x__standard__cw__my-data-set__s12"
+    assert run_id.count("__") == 4
+    with pytest.raises(UserError, match="seed"):
+        make_run_id("m", "standard", "cw", "d", -1)
+    with pytest.raises(UserError, match="model name"):
+        make_run_id("///", "standard", "cw", "d", 0)
+
+
+def test_config_hash_is_canonical():
+    a = {"b": 1, "a": {"y": [1, 2], "x": 0.1}}
+    b = {"a": {"x": 0.1, "y": [1, 2]}, "b": 1}
+    assert config_hash(a) == config_hash(b)
+    assert config_hash(a) != config_hash({**a, "b": 2})
+    assert len(config_hash(a)) == 64
+
+
+def test_write_read_roundtrip(tmp_path, study):
+    paths = [write_record(r, tmp_path / "runs") for r in study]
+    assert [p.name for p in paths] == [f"{r['run_id']}.json" for r in study]
+    text = paths[0].read_text()
+    assert text.endswith("}\n") and text.startswith('{\n  "attack"')
+    assert json.loads(text) == study[0]
+    loaded = load_records(tmp_path / "runs")
+    assert loaded == sorted(study, key=lambda r: r["run_id"])
+
+
+def test_atomic_write_leaves_no_temp_file(tmp_path, pgd):
+    runs = tmp_path / "runs"
+    write_record(pgd, runs)
+    write_record(pgd, runs)  # overwrite in place
+    assert sorted(p.name for p in runs.iterdir()) == [f"{pgd['run_id']}.json"]
+
+
+def test_failed_write_keeps_old_file_and_cleans_up(tmp_path, pgd, monkeypatch):
+    runs = tmp_path / "runs"
+    target = write_record(pgd, runs)
+    before = target.read_bytes()
+    changed = copy.deepcopy(pgd)
+    changed["latency_ms_cpu_b1"] = 99.0
+
+    def broken_fsync(fd):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    with pytest.raises(OSError, match="disk full"):
+        write_record(changed, runs)
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in runs.iterdir()) == [target.name]
+
+
+def test_invalid_record_is_not_written(tmp_path, pgd):
+    pgd["clean"]["accuracy"] = 3.0
+    with pytest.raises(RecordError):
+        write_record(pgd, tmp_path / "runs")
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_corrupt_and_invalid_files_are_skipped_with_warning(tmp_path, study):
+    runs = tmp_path / "runs"
+    for r in study[:3]:
+        write_record(r, runs)
+    good = (runs / f"{study[0]['run_id']}.json").read_text()
+    half = runs / f"{study[3]['run_id']}.json"
+    half.write_text(good[: len(good) // 2])
+    invalid = copy.deepcopy(study[4])
+    invalid["clean"]["accuracy"] = 7
+    (runs / f"{study[4]['run_id']}.json").write_text(json.dumps(invalid))
+    (runs / "renamed-copy.json").write_text(good)
+    (runs / "binary.json").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.warns(RecordWarning) as caught:
+        loaded = load_records(runs)
+    assert [r["run_id"] for r in loaded] == sorted(r["run_id"] for r in study[:3])
+    messages = sorted(str(w.message) for w in caught)
+    assert len(messages) == 4
+    for name, reason in [
+        (half.name, "unreadable JSON"),
+        (f"{study[4]['run_id']}.json", "clean.accuracy"),
+        ("renamed-copy.json", "does not match run_id"),
+        ("binary.json", "unreadable"),
+    ]:
+        assert any(name in m and reason in m for m in messages), (name, messages)
+
+
+def test_temp_files_and_missing_dir_are_ignored_silently(tmp_path, pgd):
+    assert load_records(tmp_path / "nope") == []
+    runs = tmp_path / "runs"
+    write_record(pgd, runs)
+    (runs / f".{pgd['run_id']}.123.abcd.tmp").write_text("{half")
+    (runs / ".hidden.json").write_text("{half")
+    (runs / "notes.txt").write_text("hello")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_records(runs) == [pgd]
+
+
+def _hammer(runs_dir: str, worker: int, records: list[dict], rounds: int) -> None:
+    for i in range(rounds):
+        record = copy.deepcopy(records[i % len(records)])
+        record["latency_ms_cpu_b1"] = worker + i / 1000  # same run id, different content per writer
+        write_record(record, runs_dir)
+
+
+def test_concurrent_writers_leave_only_valid_json(tmp_path, study):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    ids = sorted({r["run_id"] for r in study})
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    procs = [ctx.Process(target=_hammer, args=(str(runs), w, study, 60)) for w in range(2)]
+    for p in procs:
+        p.start()
+    # Read while they write: a reader must never see a partial file.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RecordWarning)
+        while any(p.is_alive() for p in procs):
+            for record in load_records(runs):
+                assert record["run_id"] in ids
+    for p in procs:
+        p.join()
+        assert p.exitcode == 0
+    assert sorted(p.name for p in runs.iterdir()) == sorted(f"{i}.json" for i in ids)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RecordWarning)
+        assert len(load_records(runs)) == len(ids)
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 13, 1001])
+def test_mask_roundtrip_odd_lengths(n):
+    mask = np.random.default_rng(n).random(n) < 0.4
+    encoded = encode_mask(mask)
+    assert len(base64.b64decode(encoded)) == (n + 7) // 8
+    np.testing.assert_array_equal(decode_mask(encoded, n), mask)
+
+
+@given(st.lists(st.booleans(), max_size=80))
+def test_mask_roundtrip_property(bits):
+    np.testing.assert_array_equal(decode_mask(encode_mask(bits), len(bits)), np.array(bits, dtype=bool))
+
+
+def test_mask_bit_order_is_little_endian():
+    # Sample 0 is the lowest bit of byte 0: [T, F, F, F, F, F, F, F, F, T] -> bytes 0x01, 0x02.
+    assert encode_mask([True] + [False] * 8 + [True]) == "AQI="
+
+
+def test_mask_accepts_torch_tensor():
+    torch = pytest.importorskip("torch")
+    mask = torch.tensor([True, False, True, True, False])
+    np.testing.assert_array_equal(decode_mask(encode_mask(mask), 5), mask.numpy())
+
+
+def test_mask_decode_rejects_mismatches():
+    encoded = encode_mask([True] * 9)
+    with pytest.raises(RecordError, match="bytes"):
+        decode_mask(encoded, 17)
+    with pytest.raises(RecordError, match="beyond n=10"):
+        decode_mask(encode_mask([True] * 12), 10)
+    with pytest.raises(UserError):
+        encode_mask(np.array([0, 2, 1]))
+    with pytest.raises(UserError):
+        encode_mask(np.zeros((2, 2), dtype=bool))
+
+
+def test_written_file_is_what_readers_get(tmp_path, pgd):
+    path: Path = write_record(pgd, tmp_path)
+    assert json.loads(path.read_text()) == pgd
