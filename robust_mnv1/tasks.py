@@ -1,0 +1,24 @@
+"""The tasks a run can do, one function each; ``cfg.task`` picks one."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from robust_mnv1.data import load_dataset
+from robust_mnv1.zoo import cache_root, resolve_device, standard_model
+
+
+def train_task(cfg: DictConfig) -> float:
+    """Train (or fetch from the cache) the standard model and report its test accuracy."""
+    device = resolve_device(cfg.device)
+    dataset = load_dataset(cfg.data, cache_root(cfg) / "data")
+    model, meta = standard_model(cfg, dataset, device)
+    how = f"trained in {meta['train_seconds']:.1f} s" if meta["trained"] else "from the cache"
+    print(f"{model.name} on {dataset.label}: test accuracy {meta['test_acc']:.4f} ({how}, {device})")
+    return meta["test_acc"]
+
+
+def run_task(cfg: DictConfig) -> float:
+    from robust_mnv1.study import study_task
+
+    return {"train": train_task, "study": study_task}[cfg.task](cfg)

@@ -1,0 +1,250 @@
+"""One compact, resumable training loop for standard training and adversarial fine-tuning.
+
+The whole uint8 dataset stays on the training device (see :mod:`robust_mnv1.data`), so a step
+is: gather a batch, augment it on the device, forward, backward, SGD. The loss is pluggable
+(:data:`Objective`), which is how PGD-AT, fast-AT and TRADES reuse this loop.
+
+A run directory holds ``final.safetensors`` once training is done and ``last.safetensors`` after
+every epoch before that; a killed run resumes from ``last`` and, on CPU, ends bit-identical
+to an uninterrupted one because every epoch's shuffle and augmentation derive from (seed, epoch)
+and the LR is a pure function of the step.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import math
+import time
+from collections.abc import Callable
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+
+from robust_mnv1.checkpoint import load_checkpoint, save_checkpoint, sidecar
+from robust_mnv1.data import DeviceLoader, Split
+
+# (model, x, y) -> (loss to minimise, logits whose argmax is the prediction the loss trained on)
+Objective = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def cross_entropy_objective(label_smoothing: float = 0.0) -> Objective:
+    def objective(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor):
+        logits = model(x)
+        return F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing), logits
+
+    return objective
+
+
+def lr_at(step: int, total_steps: int, tcfg: DictConfig) -> float:
+    """Learning rate at ``step``: linear warm-up then cosine to zero (onecycle), or plain cosine."""
+    warmup = int(tcfg.warmup_frac * total_steps) if tcfg.schedule == "onecycle" else 0
+    if step < warmup:
+        return tcfg.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    return tcfg.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def autocast_for(device: torch.device):
+    """bf16 autocast on CUDA (tensor cores); fp32 on CPU, where bf16 is slower and less exact."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+@torch.no_grad()
+def evaluate_accuracy(
+    model: torch.nn.Module, split: Split, device: torch.device, batch_size: int = 1024
+) -> float:
+    """Top-1 accuracy over a whole split, in eval mode, restoring the caller's mode."""
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    try:
+        loader = DeviceLoader(
+            split, batch_size=batch_size, device=device, shuffle=False, augment=False, drop_last=False, seed=0
+        )
+        for x, y in loader:
+            with autocast_for(device):
+                correct += (model(x).argmax(1) == y).sum()
+    finally:
+        model.train(was_training)
+    return correct.item() / len(split.y)
+
+
+def fit(
+    model: torch.nn.Module,
+    train: Split,
+    test: Split,
+    tcfg: DictConfig,
+    *,
+    device: torch.device,
+    seed: int,
+    run_dir: str | Path,
+    objective: Objective,
+    desc: str = "train",
+    meta: dict[str, Any] | None = None,
+    on_epoch_end: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Train ``model`` in place, or load it when ``run_dir`` already holds a finished run.
+
+    Returns the sidecar metadata of ``final.safetensors`` with ``trained`` set to whether this
+    call did any training. ``on_epoch_end(epoch)`` runs after each epoch's checkpoint; tests
+    use it to kill a run part-way.
+    """
+    with _exclusive(Path(run_dir)):
+        return _fit(
+            model,
+            train,
+            test,
+            tcfg,
+            device=device,
+            seed=seed,
+            run_dir=Path(run_dir),
+            objective=objective,
+            desc=desc,
+            meta=meta,
+            on_epoch_end=on_epoch_end,
+        )
+
+
+@contextmanager
+def _exclusive(run_dir: Path):
+    """Hold a lock on ``run_dir`` so parallel sweep jobs needing one model train it once.
+
+    The second job blocks until the first has written ``final.safetensors``, then loads it.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _fit(
+    model, train, test, tcfg, *, device, seed, run_dir, objective, desc, meta, on_epoch_end
+) -> dict[str, Any]:
+    final, last = run_dir / "final.safetensors", run_dir / "last.safetensors"
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    if sidecar(final).exists():
+        state, done = load_checkpoint(final, device)
+        model.load_state_dict(state)
+        return {**done, "trained": False}
+
+    decay, no_decay = [], []
+    for p in model.parameters():
+        # Weight decay on BN affine parameters and biases only hurts small nets; skip them.
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    opt = torch.optim.SGD(
+        [{"params": decay, "weight_decay": tcfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=tcfg.lr,
+        momentum=tcfg.momentum,
+        nesterov=tcfg.nesterov,
+    )
+    loader = DeviceLoader(
+        train,
+        batch_size=tcfg.batch_size,
+        device=device,
+        shuffle=True,
+        augment=tcfg.augment,
+        drop_last=True,
+        seed=seed,
+    )
+    total_steps = tcfg.epochs * len(loader)
+    history: list[dict[str, Any]] = []
+    start_epoch, elapsed = 0, 0.0
+    if sidecar(last).exists():
+        start_epoch, history, elapsed = _resume(last, model, opt, device)
+
+    for epoch in range(start_epoch, tcfg.epochs):
+        model.train()
+        loader.set_epoch(epoch)
+        t0 = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), dtype=torch.long, device=device)
+        seen = 0
+        bar = tqdm(
+            loader, desc=f"{desc} {epoch + 1}/{tcfg.epochs}", unit="batch", leave=False, dynamic_ncols=True
+        )
+        for i, (x, y) in enumerate(bar):
+            for group in opt.param_groups:
+                group["lr"] = lr_at(epoch * len(loader) + i, total_steps, tcfg)
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast_for(device):
+                loss, logits = objective(model, x, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            # Running sums stay on the device; reading them every 25 batches bounds host syncs.
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.detach().argmax(1) == y).sum()
+            seen += len(y)
+            if i % 25 == 24:
+                rate = seen / (time.perf_counter() - t0)
+                bar.set_postfix(
+                    loss=f"{loss_sum.item() / seen:.3f}",
+                    acc=f"{correct.item() / seen:.3f}",
+                    img_s=f"{rate:.0f}",
+                )
+        seconds = time.perf_counter() - t0
+        elapsed += seconds
+        row = {
+            "epoch": epoch + 1,
+            "loss": loss_sum.item() / max(1, seen),
+            "train_acc": correct.item() / max(1, seen),
+            "lr_end": opt.param_groups[0]["lr"],
+            "seconds": seconds,
+            "img_per_s": seen / seconds,
+        }
+        if (epoch + 1) % tcfg.eval_every == 0 or epoch + 1 == tcfg.epochs:
+            row["test_acc"] = evaluate_accuracy(model, test, device, tcfg.eval_batch_size)
+        history.append(row)
+        tqdm.write(
+            f"{desc} epoch {epoch + 1}/{tcfg.epochs}: loss {row['loss']:.4f} train_acc {row['train_acc']:.4f}"
+            + (f" test_acc {row['test_acc']:.4f}" if "test_acc" in row else "")
+            + f" {row['img_per_s']:.0f} img/s {seconds:.1f}s"
+        )
+        if epoch + 1 < tcfg.epochs:
+            _save_last(last, model, opt, epoch + 1, history, elapsed)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1)
+
+    done = {
+        **(meta or {}),
+        "epochs": tcfg.epochs,
+        "test_acc": history[-1]["test_acc"],
+        "train_seconds": elapsed,
+        "history": history,
+    }
+    save_checkpoint(final, model.state_dict(), done)
+    for stale in (last, sidecar(last)):
+        stale.unlink(missing_ok=True)
+    return {**done, "trained": True}
+
+
+def _save_last(path: Path, model, opt, epoch: int, history: list, elapsed: float) -> None:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    for i, p in enumerate(p for g in opt.param_groups for p in g["params"]):
+        buf = opt.state.get(p, {}).get("momentum_buffer")
+        if buf is not None:
+            tensors[f"opt.{i}"] = buf
+    save_checkpoint(path, tensors, {"epoch": epoch, "history": history, "elapsed": elapsed})
+
+
+def _resume(path: Path, model, opt, device) -> tuple[int, list, float]:
+    tensors, meta = load_checkpoint(path, device)
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    for i, p in enumerate(p for g in opt.param_groups for p in g["params"]):
+        if f"opt.{i}" in tensors:
+            opt.state[p]["momentum_buffer"] = tensors[f"opt.{i}"]
+    tqdm.write(f"resuming {path.parent.name} from epoch {meta['epoch']}")
+    return meta["epoch"], meta["history"], meta["elapsed"]

@@ -1,0 +1,116 @@
+"""The cache of trained models: every experiment that needs the same model shares one training run.
+
+A model's cache entry is named by a hash of everything that determines its weights (model
+config, data identity, training recipe, seed and, for fine-tuned models, the parent's key), so
+``pgd_alpha050``, ``fgsm_alpha050`` and ``cw_alpha050`` train alpha=0.5 once.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from robust_mnv1.checkpoint import cache_key
+from robust_mnv1.data import Dataset
+from robust_mnv1.errors import UserError
+from robust_mnv1.models import build_model
+from robust_mnv1.train import cross_entropy_objective, fit
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device={name} asked for, but no CUDA device is available; use device=cpu")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise UserError(f"unknown device {name!r}; valid choices: auto, cpu, cuda, cuda:N")
+    return torch.device(name)
+
+
+def cache_root(cfg: DictConfig) -> Path:
+    return Path(os.path.expanduser(str(cfg.cache_dir)))
+
+
+def data_identity(data_cfg: DictConfig) -> dict[str, Any]:
+    """What names a dataset for caching: its loader and absolute source, not its display label."""
+    ident = {
+        k: v
+        for k, v in OmegaConf.to_container(data_cfg, resolve=True).items()
+        if k not in {"label", "download"}
+    }
+    if ident.get("root"):
+        ident["root"] = str(Path(os.path.expanduser(str(ident["root"]))).resolve())
+    return ident
+
+
+def make_model(cfg: DictConfig, dataset: Dataset) -> torch.nn.Module:
+    num_classes = cfg.model.num_classes if cfg.model.num_classes is not None else dataset.num_classes
+    if num_classes != dataset.num_classes:
+        raise UserError(
+            f"model.num_classes={num_classes} but {dataset.label} has {dataset.num_classes} classes"
+        )
+    return build_model(
+        alpha=cfg.model.alpha, rho=cfg.model.rho, profile=cfg.model.profile, num_classes=num_classes
+    )
+
+
+def standard_key(cfg: DictConfig) -> str:
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    train = OmegaConf.to_container(cfg.train, resolve=True)
+    return cache_key("standard", model, data_identity(cfg.data), train, cfg.seed)
+
+
+def standard_model(cfg: DictConfig, dataset: Dataset, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    """The standard-trained model for ``cfg``: from the cache, or trained now and cached."""
+    torch.manual_seed(cfg.seed)
+    model = make_model(cfg, dataset)
+    key = standard_key(cfg)
+    meta = fit(
+        model,
+        dataset.train,
+        dataset.test,
+        cfg.train,
+        device=device,
+        seed=cfg.seed,
+        run_dir=cache_root(cfg) / "models" / f"{model.name}-standard-{key}",
+        objective=cross_entropy_objective(cfg.train.label_smoothing),
+        desc=f"{model.name} standard",
+        meta={"key": key, "regime": "standard", "model": model.name, "data": dataset.label},
+    )
+    return model, meta
+
+
+def finetuned_model(
+    cfg: DictConfig, dataset: Dataset, device: torch.device, parent: torch.nn.Module, parent_meta: dict
+) -> tuple[torch.nn.Module, dict]:
+    """A copy of ``parent`` adversarially fine-tuned by ``cfg.finetune``: from the cache, or trained now."""
+    from robust_mnv1.adversarial import make_objective
+
+    fcfg = cfg.finetune
+    torch.manual_seed(cfg.seed)
+    model = make_model(cfg, dataset)
+    model.load_state_dict(parent.state_dict())
+    key = cache_key("finetune", parent_meta["key"], OmegaConf.to_container(fcfg, resolve=True), cfg.seed)
+    meta = fit(
+        model,
+        dataset.train,
+        dataset.test,
+        fcfg,
+        device=device,
+        seed=cfg.seed,
+        run_dir=cache_root(cfg) / "models" / f"{model.name}-{fcfg.regime}-{key}",
+        objective=make_objective(fcfg, cfg.seed),
+        desc=f"{model.name} {fcfg.regime}",
+        meta={
+            "key": key,
+            "parent": parent_meta["key"],
+            "regime": fcfg.regime,
+            "model": model.name,
+            "data": dataset.label,
+        },
+    )
+    return model, meta

@@ -1,0 +1,91 @@
+"""Standard training: accuracy on digits, the model cache, and bit-exact resume after a kill."""
+
+import dataclasses
+import itertools
+
+import pytest
+import torch
+
+from robust_mnv1.cli import compose_config
+from robust_mnv1.data import load_dataset
+from robust_mnv1.train import cross_entropy_objective, fit, lr_at
+from robust_mnv1.zoo import cache_root, make_model, standard_model
+
+CPU = torch.device("cpu")
+
+
+def digits_cfg(*overrides):
+    return compose_config(["experiment=quickstart", *overrides])
+
+
+def test_lr_schedule_shapes():
+    cfg = digits_cfg().train
+    total = 100
+    lrs = [lr_at(s, total, cfg) for s in range(total)]
+    peak = max(lrs)
+    assert peak == pytest.approx(cfg.lr)
+    assert lrs.index(peak) == int(cfg.warmup_frac * total) - 1
+    assert lrs[-1] < 0.01 * cfg.lr
+    assert all(a <= b for a, b in itertools.pairwise(lrs[: lrs.index(peak) + 1]))
+
+
+def test_quickstart_recipe_reaches_90_percent_on_digits_and_is_cached(cache_dir):
+    cfg = digits_cfg()
+    data = load_dataset(cfg.data, cache_root(cfg) / "data")
+    model, meta = standard_model(cfg, data, CPU)
+    assert meta["trained"]
+    assert meta["test_acc"] >= 0.90, meta["history"]
+    assert len(meta["history"]) == cfg.train.epochs
+    again, meta2 = standard_model(cfg, data, CPU)
+    assert not meta2["trained"]
+    assert meta2["test_acc"] == meta["test_acc"]
+    for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+class Killed(Exception):
+    pass
+
+
+def _small_run(cfg, data, run_dir, on_epoch_end=None):
+    torch.manual_seed(cfg.seed)
+    model = make_model(cfg, data)
+    meta = fit(
+        model,
+        data.train,
+        data.test,
+        cfg.train,
+        device=CPU,
+        seed=cfg.seed,
+        run_dir=run_dir,
+        objective=cross_entropy_objective(),
+        on_epoch_end=on_epoch_end,
+    )
+    return model, meta
+
+
+def test_resume_after_interruption_is_bit_exact(cache_dir, tmp_path):
+    cfg = digits_cfg("train.epochs=3", "train.augment=true")
+    full = load_dataset(cfg.data, cache_root(cfg) / "data")
+    # A 256-image slice keeps this test to seconds; the resume logic does not care about size.
+    data = dataclasses.replace(
+        full, train=dataclasses.replace(full.train, x=full.train.x[:256], y=full.train.y[:256])
+    )
+
+    reference, ref_meta = _small_run(cfg, data, tmp_path / "ref")
+
+    def kill_after_2(epoch):
+        if epoch == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        _small_run(cfg, data, tmp_path / "killed", on_epoch_end=kill_after_2)
+    assert (tmp_path / "killed" / "last.safetensors").exists()
+    assert not (tmp_path / "killed" / "final.safetensors").exists()
+    resumed, meta = _small_run(cfg, data, tmp_path / "killed")
+    assert meta["trained"]
+    assert [h["epoch"] for h in meta["history"]] == [1, 2, 3]
+    assert not (tmp_path / "killed" / "last.safetensors").exists()
+    for (k, a), b in zip(reference.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    assert meta["test_acc"] == ref_meta["test_acc"]
