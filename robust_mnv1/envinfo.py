@@ -1,0 +1,60 @@
+"""Where a number came from: device, library versions and the git commit of the code."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import torch
+
+_PACKAGES = {
+    "torch": "torch",
+    "torchvision": "torchvision",
+    "foolbox": "foolbox",
+    "art": "adversarial-robustness-toolbox",
+    "numpy": "numpy",
+}
+
+
+def device_name(device: torch.device) -> str:
+    return (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"cpu ({platform.processor() or platform.machine()})"
+    )
+
+
+def git_commit() -> str | None:
+    """HEAD of the checkout this code runs from, with ``-dirty`` when it has uncommitted changes."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return sha[:12] + ("-dirty" if dirty else "")
+
+
+def environment(device: torch.device) -> dict[str, str | None]:
+    env: dict[str, str | None] = {
+        "device": device_name(device),
+        "python": platform.python_version(),
+        "platform": platform.platform(terse=True),
+    }
+    for key, dist in _PACKAGES.items():
+        try:
+            env[key] = version(dist)
+        except PackageNotFoundError:
+            env[key] = None
+    env["git_commit"] = git_commit()
+    return env

@@ -1,0 +1,155 @@
+"""The evaluation protocol: clean accuracy, an attack over its eps grid, sanity checks, latency.
+
+Every accuracy comes with a Wilson 95% interval and, at each eps, the per-sample "robust" mask
+(clean-correct and not broken), so the leaderboard can take the per-sample worst case across
+attack families.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+import attacks
+from attacks import FGSM, PGD, CarliniWagnerL2, worst_case
+from robust_mnv1.data import Split
+from robust_mnv1.errors import UserError
+from robust_mnv1.records import encode_mask
+from robust_mnv1.stats import bootstrap_ci, wilson_ci
+
+
+def eval_subset(split: Split, n: int | None, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` test images (all when ``n`` is None), in dataset order, as floats in [0, 1]."""
+    n = len(split.y) if n is None else min(n, len(split.y))
+    return split.x[:n].to(device).float().div_(255), split.y[:n].to(device)
+
+
+def accuracy_entry(correct: int, n: int) -> dict[str, Any]:
+    return {
+        "n": n,
+        "correct": correct,
+        "accuracy": correct / n if n else 0.0,
+        "ci95": list(wilson_ci(correct, n)),
+    }
+
+
+@torch.no_grad()
+def clean_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> dict:
+    was_training = model.training
+    model.eval()
+    try:
+        correct = sum(
+            int((model(xb).argmax(1) == yb).sum())
+            for xb, yb in zip(x.split(batch_size), y.split(batch_size), strict=True)
+        )
+    finally:
+        model.train(was_training)
+    return accuracy_entry(correct, len(y))
+
+
+def check_clean(clean: dict, recorded: float, max_drop: float, what: str) -> None:
+    """Refuse to report a model whose clean accuracy is far below what training recorded.
+
+    The tolerance widens by the Wilson interval, since a small eval subset is noisy.
+    """
+    lo, hi = clean["ci95"]
+    if hi + max_drop < recorded:
+        raise UserError(
+            f"{what}: clean accuracy {clean['accuracy']:.4f} (95% CI [{lo:.4f}, {hi:.4f}]) is far below the "
+            f"cached model's recorded {recorded:.4f}; stale checkpoint? delete the cache entry"
+        )
+
+
+def _eps_entry(name: str, eps_255: float, loss: str, robust: torch.Tensor) -> dict[str, Any]:
+    n, k = len(robust), int(robust.sum())
+    return {
+        "attack": name,
+        "norm": "linf",
+        "eps": eps_255 / 255,
+        "eps_255": eps_255,
+        "loss": loss,
+        "n": n,
+        "robust": k,
+        "accuracy": k / n if n else 0.0,
+        "ci95": list(wilson_ci(k, n)),
+        "robust_mask": encode_mask(robust.cpu().numpy()),
+    }
+
+
+def run_fgsm(model, x, y, acfg: DictConfig) -> list[dict]:
+    out = []
+    for e in acfg.eps_255:
+        res = FGSM(eps=e / 255, batch_size=acfg.batch_size)(model, x, y)
+        out.append(_eps_entry("fgsm", e, "ce", res.clean_correct & ~res.success))
+    return out
+
+
+def run_pgd(model, x, y, acfg: DictConfig, seed: int) -> list[dict]:
+    out = []
+    for e in acfg.eps_255:
+        common = dict(eps=e / 255, steps=acfg.steps, random_start=acfg.random_start, restarts=acfg.restarts)
+        res = PGD(**common, loss=acfg.loss, batch_size=acfg.batch_size, seed=seed)(model, x, y)
+        loss = acfg.loss
+        if e in acfg.margin_at_255 and acfg.loss != "margin":
+            # Margin loss catches saturated softmax, where CE gradients vanish; keep the worst case.
+            margin = PGD(**common, loss="margin", batch_size=acfg.batch_size, seed=seed)(model, x, y)
+            res, loss = worst_case([res, margin]), f"{acfg.loss}+margin"
+        out.append(_eps_entry("pgd", e, loss, res.clean_correct & ~res.success))
+    return out
+
+
+def run_cw(model, x, y, acfg: DictConfig, seed: int) -> dict[str, Any]:
+    res = CarliniWagnerL2(
+        steps=acfg.steps,
+        binary_search_steps=acfg.binary_search_steps,
+        confidence=acfg.confidence,
+        lr=acfg.lr,
+        initial_const=acfg.initial_const,
+        batch_size=acfg.batch_size,
+    )(model, x, y)
+    correct = res.clean_correct.cpu().numpy()
+    broken = res.success.cpu().numpy() & correct
+    # Minimal L2 over clean-correct samples; one C&W never broke counts as infinitely robust.
+    l2 = np.where(broken, res.l2.cpu().numpy(), np.inf)[correct]
+    finite = l2[np.isfinite(l2)]
+    median = float(np.median(l2)) if len(l2) else float("nan")
+    return {
+        "n": len(y),
+        "n_clean_correct": int(correct.sum()),
+        "median_l2": median,
+        "median_l2_ci95": list(bootstrap_ci(l2, np.median, seed=seed)) if len(l2) else [float("nan")] * 2,
+        "mean_l2": float(finite.mean()) if len(finite) else float("nan"),
+        "success_rate": float(broken.sum() / max(1, correct.sum())),
+        "robust_at": [
+            {"l2": r, **accuracy_entry(round(res.robust_accuracy_at(r) * len(y)), len(y))}
+            for r in acfg.l2_radii
+        ],
+        "steps": acfg.steps,
+        "binary_search_steps": acfg.binary_search_steps,
+    }
+
+
+def sanity(model, x, y, eps: float, seed: int) -> dict[str, Any]:
+    reports = [r.to_dict() for r in attacks.checks.run_all(model, x, y, eps=eps, seed=seed)]
+    flags = [r["name"] for r in reports if r["flagged"]]
+    return {"passed": not flags, "flags": flags, "reports": reports}
+
+
+def cpu_latency_ms(model: torch.nn.Module, image_size: int, reps: int) -> float:
+    """Median wall time of one batch-1 forward on the CPU, in ms: the edge-deployment figure."""
+    import copy
+
+    m = copy.deepcopy(model).to("cpu").eval()
+    x = torch.rand(1, 3, image_size, image_size)
+    times = []
+    with torch.inference_mode():
+        for i in range(reps + 5):
+            t0 = time.perf_counter()
+            m(x)
+            if i >= 5:  # the first calls pay one-off allocation costs
+                times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1e3)

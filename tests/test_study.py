@@ -1,0 +1,158 @@
+"""The study end to end on digits: records, leaderboard, model cache, resume, parallel sweeps."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from robust_mnv1.cli import compose_config
+from robust_mnv1.data import load_dataset
+from robust_mnv1.records import load_records, validate_record
+from robust_mnv1.zoo import cache_root, finetuned_model, standard_model
+
+from .conftest import REPO
+
+# A cut-down smoke: the pipeline is the same, the budgets smaller, so CI pays seconds not minutes.
+FAST = [
+    "experiment=smoke",
+    "train.epochs=3",
+    "finetune.epochs=1",
+    "eval.n_examples=48",
+    "eval.n_cw=16",
+    "eval.sanity.n=32",
+    "attack.cw.steps=10",
+    "attack.cw.binary_search_steps=2",
+    "eval.latency.reps=3",
+]
+
+
+def run(args, cache, timeout=600):
+    env = {**os.environ, "ROBUST_MNV1_CACHE": str(cache), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "robust_mnv1.run", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """One cut-down smoke study; later tests reuse its model cache."""
+    root = tmp_path_factory.mktemp("smoke")
+    proc = run([*FAST, f"results_dir={root}/results", f"hydra.run.dir={root}/out"], root / "cache")
+    return root, proc
+
+
+def test_smoke_writes_records_and_leaderboard(smoke):
+    root, _ = smoke
+    records = load_records(root / "results" / "runs")
+    # 2 models x 2 regimes x 3 attacks
+    assert len(records) == 12
+    for r in records:
+        validate_record(r)
+    assert {r["regime"] for r in records} == {"standard", "pgd-at"}
+    assert {r["attack"] for r in records} == {"fgsm", "pgd", "cw"}
+    pgd = next(r for r in records if r["attack"] == "pgd")
+    assert [e["eps_255"] for e in pgd["eps_results"]] == [2, 8]
+    assert pgd["eps_results"][1]["loss"] == "ce+margin"
+    assert pgd["model"]["macs"] > 0 and pgd["latency_ms_cpu_b1"] > 0
+    assert pgd["env"]["torch"] == torch.__version__.split("+")[0] or pgd["env"]["torch"].startswith(
+        torch.__version__[:4]
+    )
+    md = (root / "results" / "leaderboard.md").read_text()
+    for column in (
+        "rank",
+        "clean acc",
+        "FGSM@8/255",
+        "PGD@2/255",
+        "PGD@8/255",
+        "worst-case@8/255",
+        "C&W median L2",
+    ):
+        assert column in md
+    assert "inconclusive" in md or "easier to fool" in md
+    assert (root / "results" / "leaderboard.csv").exists()
+    assert len(list((root / "results" / "figures").glob("*.png"))) >= 3
+
+
+def test_second_run_reuses_cached_models_and_records(smoke, tmp_path):
+    root, first = smoke
+    assert "epoch 1/" in first.stdout + first.stderr
+    proc = run([*FAST, f"results_dir={tmp_path}/results", f"hydra.run.dir={tmp_path}/out"], root / "cache")
+    out = proc.stdout + proc.stderr
+    assert "epoch 1/" not in out and "resuming" not in out, "a cached model was retrained"
+    assert len(load_records(tmp_path / "results" / "runs")) == 12
+    # Same config, same seed, same cached weights: the same numbers.
+    a = {r["run_id"]: r for r in load_records(root / "results" / "runs")}
+    for r in load_records(tmp_path / "results" / "runs"):
+        assert r["config_hash"] == a[r["run_id"]]["config_hash"]
+        assert r["clean"] == a[r["run_id"]]["clean"]
+        assert r["eps_results"] == a[r["run_id"]]["eps_results"]
+    proc = run([*FAST, f"results_dir={tmp_path}/results", f"hydra.run.dir={tmp_path}/out2"], root / "cache")
+    assert "every record is done" in proc.stdout + proc.stderr
+
+
+def test_parallel_joblib_sweep_leaves_consistent_records(smoke, tmp_path):
+    root, _ = smoke
+    results = tmp_path / "results"
+    run(
+        [
+            "-m",
+            *FAST,
+            "attack=pgd",
+            "study.grid=null",
+            "model.alpha=0.25,0.5",
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+            f"results_dir={results}",
+            f"hydra.sweep.dir={tmp_path}/multi",
+        ],
+        root / "cache",
+    )
+    files = sorted((results / "runs").glob("*.json"))
+    assert len(files) == 4
+    for f in files:
+        validate_record(json.loads(f.read_text()))
+    assert not list((results / "runs").glob(".*tmp"))
+
+
+class Killed(Exception):
+    pass
+
+
+def test_killed_finetuning_resumes(cache_dir, monkeypatch):
+    import robust_mnv1.zoo as zoo
+
+    cfg = compose_config([*FAST, "finetune.epochs=2", "model.alpha=0.25"])
+    data = load_dataset(cfg.data, cache_root(cfg) / "data")
+    parent, parent_meta = standard_model(cfg, data, torch.device("cpu"))
+    real_fit = zoo.fit
+
+    def kill_after_first_epoch(*args, **kwargs):
+        def stop(epoch):
+            raise Killed
+
+        return real_fit(*args, **kwargs, on_epoch_end=stop)
+
+    monkeypatch.setattr(zoo, "fit", kill_after_first_epoch)
+    with pytest.raises(Killed):
+        finetuned_model(cfg, data, torch.device("cpu"), parent, parent_meta)
+    monkeypatch.setattr(zoo, "fit", real_fit)
+    model, meta = finetuned_model(cfg, data, torch.device("cpu"), parent, parent_meta)
+    assert meta["trained"] and [h["epoch"] for h in meta["history"]] == [1, 2]
+
+    # Bit-exact with a fine-tune that was never interrupted.
+    monkeypatch.setenv("ROBUST_MNV1_CACHE", str(cache_dir.parent / "fresh"))
+    cfg2 = compose_config([*FAST, "finetune.epochs=2", "model.alpha=0.25"])
+    parent2, meta2 = standard_model(cfg2, data, torch.device("cpu"))
+    clean, _ = finetuned_model(cfg2, data, torch.device("cpu"), parent2, meta2)
+    for (k, a), b in zip(model.state_dict().items(), clean.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
