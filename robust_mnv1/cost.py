@@ -284,7 +284,19 @@ def model_from_config(cfg: DictConfig) -> MobileNetV1:
 @user_errors_exit
 def _main(cfg: DictConfig) -> None:
     """Print the cost report of the MobileNet V1 variant configured under ``model``."""
-    print(report(model_from_config(cfg)))
+    model = model_from_config(cfg)
+    print(report(model))
+    if cfg.profile:
+        from robust_mnv1.layer_timing import kind_shares, time_layers
+        from robust_mnv1.zoo import resolve_device
+
+        device = resolve_device(cfg.device)
+        timing = time_layers(model, device, batch=cfg.profile_batch, reps=cfg.profile_reps)
+        print(
+            f"\nmeasured time by layer kind on {device} (batch {cfg.profile_batch}, eval mode, "
+            f"each conv unit = conv + BN + ReLU, median of {cfg.profile_reps}):"
+        )
+        print(kind_shares(model, timing).to_string(float_format=lambda v: f"{v:.2f}"))
 
 
 def main() -> None:
