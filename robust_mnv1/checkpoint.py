@@ -34,7 +34,9 @@ def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: di
     return path
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict]:
+def load_checkpoint(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[dict[str, torch.Tensor], dict]:
     """Read a checkpoint written by :func:`save_checkpoint`; refuse anything that is not safetensors."""
     path = Path(path)
     if not path.is_file():
@@ -42,11 +44,15 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     with open(path, "rb") as f:
         head = f.read(8)
     if head.startswith(_PICKLE_MAGICS) or path.suffix in {".pt", ".pth", ".pkl", ".ckpt"}:
-        raise UserError(f"refusing to load {path}: it is a pickle/torch.save file; only .safetensors checkpoints are read")
+        raise UserError(
+            f"refusing to load {path}: it is a pickle/torch.save file; only .safetensors checkpoints are read"
+        )
     try:
         tensors = load_file(str(path), device=str(device))
     except (SafetensorError, OSError, ValueError) as e:
-        raise UserError(f"corrupt checkpoint {path}: {str(e).splitlines()[0]}; delete it to retrain") from None
+        raise UserError(
+            f"corrupt checkpoint {path}: {str(e).splitlines()[0]}; delete it to retrain"
+        ) from None
     meta_path = sidecar(path)
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else {}
