@@ -54,12 +54,16 @@ def make_objective(fcfg: DictConfig, seed: int) -> Objective:
         raise UserError(
             f"finetune.eps_255 and finetune.step_255 must be > 0, got {fcfg.eps_255}, {fcfg.step_255}"
         )
-    gen: dict[str, torch.Generator] = {}
+    generators: dict[str, torch.Generator] = {}
+
+    def generator(device: torch.device) -> torch.Generator:
+        # One generator per device, seeded once: random starts are reproducible across a run.
+        if str(device) not in generators:
+            generators[str(device)] = torch.Generator(device=device).manual_seed(seed)
+        return generators[str(device)]
 
     def uniform_start(x: torch.Tensor) -> torch.Tensor:
-        # One generator per device, seeded once: random starts are reproducible across a run.
-        g = gen.setdefault(str(x.device), torch.Generator(device=x.device).manual_seed(seed))
-        return (torch.rand(x.shape, generator=g, device=x.device) * 2 - 1) * eps
+        return (torch.rand(x.shape, generator=generator(x.device), device=x.device) * 2 - 1) * eps
 
     def pgd(model, x, y):
         ce = lambda logits: F.cross_entropy(logits, y)
@@ -71,11 +75,7 @@ def make_objective(fcfg: DictConfig, seed: int) -> Objective:
         logits_clean = model(x)
         p_clean = F.softmax(logits_clean.detach().float(), dim=1)
         kl = lambda logits: F.kl_div(F.log_softmax(logits, dim=1), p_clean, reduction="batchmean")
-        start = 0.001 * torch.randn(
-            x.shape,
-            generator=gen.setdefault("n", torch.Generator(x.device).manual_seed(seed)),
-            device=x.device,
-        )
+        start = 0.001 * torch.randn(x.shape, generator=generator(x.device), device=x.device)
         delta = linf_ascent(model, x, start, kl, eps=eps, step=step, steps=fcfg.steps)
         robust = F.kl_div(
             F.log_softmax(model(x + delta).float(), dim=1),

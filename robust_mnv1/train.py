@@ -157,6 +157,7 @@ def _fit(
         augment=tcfg.augment,
         drop_last=True,
         seed=seed,
+        memory_format=torch.channels_last if device.type == "cuda" else torch.contiguous_format,
     )
     total_steps = tcfg.epochs * len(loader)
     history: list[dict[str, Any]] = []
@@ -177,8 +178,6 @@ def _fit(
         for i, (x, y) in enumerate(bar):
             for group in opt.param_groups:
                 group["lr"] = lr_at(epoch * len(loader) + i, total_steps, tcfg)
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
             with autocast_for(device):
                 loss, logits = objective(model, x, y)
             opt.zero_grad(set_to_none=True)
@@ -195,12 +194,14 @@ def _fit(
                     acc=f"{correct.item() / seen:.3f}",
                     img_s=f"{rate:.0f}",
                 )
+        # .item() waits for the device, so the epoch's time is taken after the last kernel ran.
+        loss_mean, train_acc = loss_sum.item() / max(1, seen), correct.item() / max(1, seen)
         seconds = time.perf_counter() - t0
         elapsed += seconds
         row = {
             "epoch": epoch + 1,
-            "loss": loss_sum.item() / max(1, seen),
-            "train_acc": correct.item() / max(1, seen),
+            "loss": loss_mean,
+            "train_acc": train_acc,
             "lr_end": opt.param_groups[0]["lr"],
             "seconds": seconds,
             "img_per_s": seen / seconds,

@@ -1,0 +1,344 @@
+"""What the bench scripts share: the CLI, synthetic data, the timed project fit and the plain-loop baseline.
+
+Every figure is a throughput over a timed region that starts and ends with a device synchronisation,
+so on CUDA no queued work leaks out of (or into) a measurement. Peak memory is the CUDA allocator's
+peak on CUDA, and the process's peak resident set on CPU (reset before each measurement where Linux
+allows it, see :func:`reset_peak_memory`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import resource
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+
+from robust_mnv1.data import Split
+from robust_mnv1.train import Objective, fit
+
+IMAGE_SIZE = 32
+NUM_CLASSES = 10
+# fit() always evaluates after its last epoch; a split this small keeps that under a millisecond or so.
+FIT_TEST_IMAGES = 16
+
+
+def bench_parser(description: str) -> argparse.ArgumentParser:
+    """The options every bench script takes: ``--device``, ``--quick``, ``--seed``, ``--threads``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available, else cpu"
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny workloads: a smoke test, not a figure")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and model init")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op CPU threads (default: 1 with --quick, else torch's choice)",
+    )
+    return parser
+
+
+def setup(parser: argparse.ArgumentParser, args: argparse.Namespace) -> torch.device:
+    """Apply ``--threads`` and return the device ``--device`` names, or exit with a one-line error.
+
+    ``--quick`` defaults to one CPU thread: when other processes share the cores, OpenMP threads
+    wait at every barrier for a preempted peer, which made a 2-thread smoke run 10-100x slower on a
+    busy 2-core machine; one thread keeps the smoke test's run time predictable.
+    """
+    threads = args.threads if args.threads is not None else (1 if args.quick else None)
+    if threads is not None:
+        if threads < 1:
+            parser.error(f"--threads must be at least 1, got {threads}")
+        torch.set_num_threads(threads)
+    name = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda asked for, but no CUDA device is available; use --device cpu")
+    return torch.device(name)
+
+
+def describe(device: torch.device) -> str:
+    """One line naming the hardware and software a table was measured on."""
+    if device.type == "cuda":
+        where = torch.cuda.get_device_name(device)
+    else:
+        threads = torch.get_num_threads()
+        where = f"CPU, {threads} thread{'' if threads == 1 else 's'}"
+    line = f"device: {device.type} ({where}); torch {torch.__version__}"
+    if hasattr(os, "getloadavg"):
+        # Other processes on the same cores skew every CPU figure (OpenMP threads stall when preempted).
+        line += f"; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at start"
+    return line
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so the clock measures work done rather than work launched."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def synthetic_split(n: int, *, seed: int) -> Split:
+    """``n`` uint8 noise images of CIFAR shape with uniform random labels, reproducible from ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (n, 3, IMAGE_SIZE, IMAGE_SIZE), generator=gen, dtype=torch.uint8)
+    y = torch.randint(0, NUM_CLASSES, (n,), generator=gen)
+    return Split(x, y)
+
+
+def reset_peak_memory(device: torch.device) -> bool:
+    """Start a new peak-memory window; returns False where the CPU peak cannot be reset.
+
+    ``getrusage``'s peak RSS only ever grows, but on Linux writing 5 to ``/proc/self/clear_refs``
+    resets it to the current RSS, so each measurement gets its own peak rather than the process's.
+    """
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return True
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    """CUDA: peak bytes held by the caching allocator; CPU: peak resident set of the whole process."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # ru_maxrss is in KiB on Linux but in bytes on macOS.
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Images processed in a timed region, its length, and the peak memory during it."""
+
+    images: int
+    seconds: float
+    peak_mib: float
+
+    @property
+    def img_per_s(self) -> float:
+        """Images per second."""
+        return self.images / self.seconds
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Swallow fit()'s progress bar and epoch lines; show them only if it fails."""
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+            yield
+    except BaseException:
+        sys.stderr.write(buffer.getvalue())
+        raise
+
+
+def project_fit(
+    model: torch.nn.Module,
+    train: Split,
+    tcfg: DictConfig,
+    objective: Objective,
+    *,
+    device: torch.device,
+    seed: int,
+) -> Throughput:
+    """One epoch of :func:`robust_mnv1.train.fit` over ``train``, timed from its first step to its end.
+
+    The clock starts (after a synchronisation) when the first batch reaches the objective, so
+    it leaves out the run-dir lock, the optimizer and loader set-up and the first batch's gather, and
+    stops in ``on_epoch_end`` after a synchronisation, so it includes the LR schedule, augmentation,
+    loss/accuracy bookkeeping and a ``FIT_TEST_IMAGES``-image test pass, but not the final checkpoint.
+    """
+    cfg = OmegaConf.merge(tcfg, {"epochs": 1})
+    marks: dict[str, float] = {}
+
+    def timed(m: torch.nn.Module, x: torch.Tensor, y: torch.Tensor):
+        if "start" not in marks:
+            synchronize(device)
+            marks["start"] = time.perf_counter()
+        return objective(m, x, y)
+
+    def on_epoch_end(epoch: int) -> None:
+        synchronize(device)
+        marks["end"] = time.perf_counter()
+        marks["peak"] = peak_memory_mib(device)
+
+    test = synthetic_split(FIT_TEST_IMAGES, seed=seed + 1)
+    with tempfile.TemporaryDirectory(prefix="robust-mnv1-bench-") as run_dir, _quiet():
+        reset_peak_memory(device)
+        fit(
+            model,
+            train,
+            test,
+            cfg,
+            device=device,
+            seed=seed,
+            run_dir=run_dir,
+            objective=timed,
+            desc="bench",
+            on_epoch_end=on_epoch_end,
+        )
+    images = len(train) // cfg.batch_size * cfg.batch_size
+    return Throughput(images=images, seconds=marks["end"] - marks["start"], peak_mib=marks["peak"])
+
+
+@dataclass(frozen=True, kw_only=True)
+class PGDSpec:
+    """L-inf PGD from a uniform random start: radius, step and number of steps (pixels in [0, 1])."""
+
+    eps: float
+    step: float
+    steps: int
+
+    @classmethod
+    def from_recipe(cls, fcfg: DictConfig) -> PGDSpec:
+        """The attack of a fine-tuning recipe such as ``conf/finetune/pgd_at.yaml``."""
+        return cls(eps=fcfg.eps_255 / 255, step=fcfg.step_255 / 255, steps=fcfg.steps)
+
+
+class PlainLoop:
+    """The baseline: a hand-written eager training loop over float batches already on the device.
+
+    Same model, batch size, optimizer (SGD, momentum, Nesterov, weight decay) and precision policy as
+    :mod:`robust_mnv1.train` (fp32 on CPU; bf16 autocast and channels_last on CUDA), but no loader,
+    augmentation, schedule or bookkeeping. With ``pgd`` each step first crafts the batch with a
+    hand-written sign-gradient PGD, the model in eval mode, then trains on it.
+
+    Args:
+        model: the network; moved to ``device`` and trained in place.
+        split: the images, converted to float once here, before anything is timed.
+        tcfg: recipe with ``batch_size``, ``lr``, ``momentum``, ``nesterov``, ``weight_decay``.
+        device: where everything runs.
+        pgd: the training-time attack, or None for standard training.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: torch.nn.Module,
+        split: Split,
+        tcfg: DictConfig,
+        device: torch.device,
+        pgd: PGDSpec | None = None,
+    ) -> None:
+        self.cuda = device.type == "cuda"
+        self.device = device
+        self.pgd = pgd
+        fmt = torch.channels_last if self.cuda else torch.contiguous_format
+        self.model = model.to(device, memory_format=fmt)
+        x = split.x.to(device).float().div_(255).contiguous(memory_format=fmt)
+        y = split.y.to(device)
+        n = len(split) // tcfg.batch_size * tcfg.batch_size
+        self.batches = list(zip(x[:n].split(tcfg.batch_size), y[:n].split(tcfg.batch_size), strict=True))
+        self.opt = torch.optim.SGD(
+            model.parameters(),
+            lr=tcfg.lr,
+            momentum=tcfg.momentum,
+            nesterov=tcfg.nesterov,
+            weight_decay=tcfg.weight_decay,
+        )
+
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else contextlib.nullcontext()
+
+    def _craft(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        spec = self.pgd
+        assert spec is not None
+        self.model.eval()
+        delta = (torch.rand_like(x) * 2 - 1) * spec.eps
+        for _ in range(spec.steps):
+            delta.requires_grad_(True)
+            logits = self.model(x + delta)
+            (grad,) = torch.autograd.grad(F.cross_entropy(logits.float(), y), delta)
+            delta = (delta.detach() + spec.step * grad.sign()).clamp_(-spec.eps, spec.eps)
+            delta = (x + delta).clamp_(0, 1) - x
+        self.model.train()
+        return x + delta.detach()
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        # One autocast region around crafting and the forward, as fit() has around its objective,
+        # so the bf16 copies of the weights are cast once per step.
+        with self._autocast():
+            if self.pgd is not None:
+                x = self._craft(x, y)
+            loss = F.cross_entropy(self.model(x).float(), y)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+
+    def warm_up(self) -> None:
+        """One untimed step, paying the one-off costs (kernel selection, allocations, optimizer state)."""
+        self.model.train()
+        self._step(*self.batches[0])
+        synchronize(self.device)
+
+    def run(self) -> Throughput:
+        """One timed pass over every batch."""
+        self.model.train()
+        synchronize(self.device)
+        reset_peak_memory(self.device)
+        start = time.perf_counter()
+        for x, y in self.batches:
+            self._step(x, y)
+        synchronize(self.device)
+        seconds = time.perf_counter() - start
+        images = sum(len(y) for _, y in self.batches)
+        return Throughput(images=images, seconds=seconds, peak_mib=peak_memory_mib(self.device))
+
+
+def compare_training(
+    *,
+    model: torch.nn.Module,
+    baseline_model: torch.nn.Module,
+    split: Split,
+    tcfg: DictConfig,
+    objective: Objective,
+    pgd: PGDSpec | None,
+    device: torch.device,
+    seed: int,
+    repeats: int = 1,
+) -> tuple[list[Throughput], list[Throughput]]:
+    """(project, plain) throughputs of the same training over ``split``, ``repeats`` runs of each.
+
+    ``model`` goes through :func:`project_fit` with ``objective``, ``baseline_model`` through
+    :class:`PlainLoop` with ``pgd``. Each path is warmed up first by one untimed step (for the
+    project, a whole fit over a single batch); then the timed runs alternate in ABBA order, so
+    drift in the machine's load and allocator state falls on both.
+    """
+    plain = PlainLoop(model=baseline_model, split=split, tcfg=tcfg, device=device, pgd=pgd)
+    plain.warm_up()
+    one_batch = synthetic_split(tcfg.batch_size, seed=seed + 2)
+    project_fit(model, one_batch, tcfg, objective, device=device, seed=seed)
+    project_runs: list[Throughput] = []
+    plain_runs: list[Throughput] = []
+    for i in range(repeats):
+        # ABBA order: neither path always runs right after the other's allocations.
+        if i % 2 == 0:
+            plain_runs.append(plain.run())
+        project_runs.append(project_fit(model, split, tcfg, objective, device=device, seed=seed))
+        if i % 2 == 1:
+            plain_runs.append(plain.run())
+    return project_runs, plain_runs
+
+
+def print_table(title: str, table: pd.DataFrame, notes: list[str]) -> None:
+    """Print the title, the table (pandas ``to_string``, missing cells blank) and the notes on its numbers."""
+    print(title)
+    print(table.astype(object).where(table.notna(), "").to_string(index=False))
+    for note in notes:
+        print(f"- {note}")

@@ -1,0 +1,154 @@
+"""Training throughput: the project's ``fit`` against a plain eager loop of the same model and batch.
+
+Two workloads on MobileNet V1 (CIFAR profile, 32x32, 10 classes): a standard step (recipe
+``conf/train/standard.yaml``) and a PGD-7 adversarial step (``conf/finetune/pgd_at.yaml``: L-inf eps
+8/255, step 2/255, 7 steps, random start). "project" is one epoch of :func:`robust_mnv1.train.fit`
+over a synthetic uint8 split, so it pays for the device loader, on-device augmentation, the LR
+schedule and bookkeeping; "plain" is :class:`_common.PlainLoop`. Both use the same precision policy
+and are warmed up by one untimed step before anything is timed; each figure is the best of the
+repeats. Only the ratio project/plain is meant to compare across machines.
+
+Run from the repository root: ``python bench/train_bench.py --device cpu --quick``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+from _common import (
+    FIT_TEST_IMAGES,
+    PGDSpec,
+    bench_parser,
+    compare_training,
+    describe,
+    print_table,
+    reset_peak_memory,
+    setup,
+    synthetic_split,
+)
+from omegaconf import DictConfig, OmegaConf
+
+from robust_mnv1.adversarial import make_objective
+from robust_mnv1.cli import compose_config
+from robust_mnv1.models import build_model
+from robust_mnv1.train import cross_entropy_objective
+
+WORKLOADS = ("standard", "pgd7")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Plan:
+    """How much to measure: widths, batch size, timed batches per workload, and repeats."""
+
+    alphas: tuple[float, ...]
+    batch: int
+    batches: dict[str, int]
+    repeats: int
+
+
+def make_plan(device: torch.device, *, quick: bool, batch: int | None) -> Plan:
+    """Sizes that give a stable figure in minutes (a smoke test in seconds with ``quick``)."""
+    cuda = device.type == "cuda"
+    if quick:
+        return Plan(
+            alphas=(0.25,),
+            batch=batch or (512 if cuda else 32),
+            batches={"standard": 10, "pgd7": 4} if cuda else {"standard": 3, "pgd7": 2},
+            repeats=1,
+        )
+    return Plan(
+        alphas=(0.25, 1.0),
+        batch=batch or (512 if cuda else 256),
+        batches={"standard": 40, "pgd7": 12} if cuda else {"standard": 4, "pgd7": 2},
+        repeats=3 if cuda else 2,
+    )
+
+
+def measure(workload: str, alpha: float, plan: Plan, cfg: DictConfig, *, device: torch.device, seed: int):
+    """Project and plain throughput of one workload; returns one table row."""
+    if workload == "standard":
+        tcfg = OmegaConf.merge(cfg.train, {"batch_size": plan.batch})
+        objective, pgd = cross_entropy_objective(tcfg.label_smoothing), None
+    else:
+        tcfg = OmegaConf.merge(cfg.finetune, {"batch_size": plan.batch})
+        objective, pgd = make_objective(tcfg, seed), PGDSpec.from_recipe(tcfg)
+    split = synthetic_split(plan.batches[workload] * plan.batch, seed=seed)
+
+    def fresh_model() -> torch.nn.Module:
+        torch.manual_seed(seed)
+        return build_model(alpha=alpha, profile="cifar", num_classes=10)
+
+    project_runs, plain_runs = compare_training(
+        model=fresh_model(),
+        baseline_model=fresh_model(),
+        split=split,
+        tcfg=tcfg,
+        objective=objective,
+        pgd=pgd,
+        device=device,
+        seed=seed,
+        repeats=plan.repeats,
+    )
+    project = max(project_runs, key=lambda r: r.img_per_s)
+    base = max(plain_runs, key=lambda r: r.img_per_s)
+    return {
+        "workload": workload,
+        "alpha": alpha,
+        "batch": plan.batch,
+        "timed batches": f"{plan.batches[workload]} x {plan.repeats}",
+        "project img/s": round(project.img_per_s, 1),
+        "plain img/s": round(base.img_per_s, 1),
+        "project/plain": round(project.img_per_s / base.img_per_s, 3),
+        "project peak MiB": round(max(r.peak_mib for r in project_runs)),
+        "plain peak MiB": round(max(r.peak_mib for r in plain_runs)),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = bench_parser(__doc__.splitlines()[0])
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=None,
+        help="batch size (default: 512 on CUDA, 256 on CPU, 32 --quick CPU)",
+    )
+    args = parser.parse_args(argv)
+    if args.batch is not None and args.batch < 1:
+        parser.error(f"--batch must be at least 1, got {args.batch}")
+    device = setup(parser, args)
+    plan = make_plan(device, quick=args.quick, batch=args.batch)
+    cfg = compose_config([])
+    rows = [
+        measure(workload, alpha, plan, cfg, device=device, seed=args.seed)
+        for alpha in plan.alphas
+        for workload in WORKLOADS
+    ]
+    memory = (
+        "peak MiB: CUDA allocator peak (torch.cuda.max_memory_allocated) during the timed run"
+        if device.type == "cuda"
+        else "peak MiB: peak RSS of the whole process (interpreter, libraries, model, data)"
+        + (
+            ", reset before each timed run"
+            if reset_peak_memory(device)
+            else ", the process's peak so far (cannot be reset here)"
+        )
+    )
+    notes = [
+        "synthetic uint8 CIFAR-shaped data; MobileNet V1 cifar profile, 10 classes",
+        "project: one epoch of robust_mnv1.train.fit, timed from its first step to its end "
+        f"(includes augmentation, LR schedule, bookkeeping and a {FIT_TEST_IMAGES}-image test pass; "
+        "excludes set-up and the final checkpoint)",
+        "plain: hand-written loop over float batches already on the device"
+        + (", bf16 autocast + channels_last" if device.type == "cuda" else ", fp32"),
+        "pgd7: 7 sign-gradient steps of 2/255 in the 8/255 L-inf ball from a random start, model in eval "
+        "mode while crafting; img/s counts training images",
+        f"each figure: best of {plan.repeats} timed run(s) after one untimed warm-up step",
+        memory,
+    ]
+    print_table(f"Training throughput, project vs plain loop; {describe(device)}", pd.DataFrame(rows), notes)
+
+
+if __name__ == "__main__":
+    main()
