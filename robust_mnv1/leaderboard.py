@@ -429,7 +429,7 @@ TABLE_HEADER = (
 )
 
 
-def _table_lines(rows: pd.DataFrame) -> list[str]:
+def table_lines(rows: pd.DataFrame) -> list[str]:
     lines = ["| " + " | ".join(TABLE_HEADER) + " |", "|" + "|".join("---" for _ in TABLE_HEADER) + "|"]
     for _, r in rows.iterrows():
         cells = [
@@ -577,7 +577,7 @@ def render_markdown(records: Sequence[Mapping[str, Any]], table: pd.DataFrame | 
             "",
             *_reading_notes(rows),
             "",
-            *_table_lines(rows),
+            *table_lines(rows),
             "",
             "### Findings",
             "",

@@ -1,0 +1,27 @@
+"""The committed leaderboards are exactly what their committed records generate, and the README
+section is a copy of them: regenerate from the records into a temp dir and compare bytes."""
+
+import shutil
+
+import pytest
+
+from robust_mnv1.leaderboard import generate
+from robust_mnv1.readme_findings import main as readme_findings
+
+from .conftest import REPO
+
+PUBLISHED = [d for d in (REPO / "results", REPO / "results" / "cpu-preview") if list((d / "runs").glob("*.json"))]
+
+
+@pytest.mark.parametrize("results", PUBLISHED, ids=[d.name for d in PUBLISHED])
+def test_leaderboard_regenerates_byte_identically(results, tmp_path):
+    shutil.copytree(results / "runs", tmp_path / "runs")
+    generate(tmp_path)
+    for name in ("leaderboard.md", "leaderboard.csv"):
+        assert (tmp_path / name).read_bytes() == (results / name).read_bytes(), f"{results / name} is stale"
+
+
+@pytest.mark.skipif(not PUBLISHED, reason="no published results yet")
+def test_readme_findings_match_generated_files():
+    readme = REPO / "README.md"
+    assert readme_findings(["--results", str(PUBLISHED[0]), "--readme", str(readme), "--check"]) == 0
