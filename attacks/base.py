@@ -1,0 +1,210 @@
+"""The :class:`Attack` base class: everything an attack does besides computing perturbations.
+
+An attack call validates the inputs, puts the model in eval mode with frozen parameters (restoring
+both afterwards, even on exceptions), runs the backend chunk by chunk, and assembles an
+:class:`~attacks.result.AttackResult` whose ``success`` comes from a fresh eval-mode forward pass, so
+no backend's own bookkeeping is trusted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from attacks.result import AttackResult
+from attacks.validation import check_choice, check_int, check_logits, validate_inputs
+
+BACKENDS = ("native", "foolbox", "art")
+
+
+@contextlib.contextmanager
+def model_hygiene(model: nn.Module) -> Iterator[None]:
+    """Run ``model`` in eval mode with parameters frozen; restore the caller's state on exit.
+
+    Each module's train/eval flag, each parameter's ``requires_grad`` and each parameter's ``.grad``
+    are put back exactly as they were, even if the body raises. Freezing the parameters keeps
+    gradients out of them (ART's estimator calls ``backward()`` and ``zero_grad()`` on the model) and
+    lets autograd skip weight gradients altogether.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    params = [(p, p.requires_grad, p.grad) for p in model.parameters()]
+    try:
+        model.eval()
+        for p, _, _ in params:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+        for p, requires_grad, grad in params:
+            p.requires_grad_(requires_grad)
+            p.grad = grad
+
+
+class QueryCounter(nn.Module):
+    """Wraps a model and counts per-sample forward passes (``count``), whoever makes them.
+
+    Counting in a wrapper rather than analytically measures native and peer backends the same way;
+    it reads only the batch size, so it never synchronises with the device.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.count = 0
+        # A fresh module starts in training mode; mirror the wrapped model so peers see eval mode.
+        self.training = model.training
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Forward ``x`` through the wrapped model, adding its batch size to ``count``."""
+        self.count += int(x.shape[0])
+        return self.model(x)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Logits of ``model`` on ``x``, computed ``batch_size`` samples at a time without autograd."""
+    return torch.cat([model(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+
+
+class Attack(ABC):
+    """Base class of the attacks: shared validation, model hygiene, chunking and result assembly.
+
+    Subclasses implement :meth:`_native` (and the peer backends map them in ``attacks.backends``).
+    Samples that the model misclassifies on clean input are not attacked by the native backend: they
+    come back unchanged, as they already count as non-robust.
+    """
+
+    name: ClassVar[str]
+    minimization: ClassVar[bool] = False
+
+    def __init__(self, *, backend: str = "native", batch_size: int = 512) -> None:
+        self.backend = check_choice("backend", backend, BACKENDS)
+        self.batch_size = check_int("batch_size", batch_size, minimum=1)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({args})"
+
+    @property
+    def random_seed(self) -> int | None:
+        """Seed of the attack's randomness, or None for a deterministic attack."""
+        return None
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AttackResult:
+        """Attack ``model`` on images ``x`` (float, [0, 1], NCHW) with integer labels ``y``.
+
+        ``model`` must map ``x`` to logits ``[N, num_classes]`` and live on ``x``'s device.
+        """
+        x, y = validate_inputs(model, x, y)
+        with model_hygiene(model):
+            clean_logits = predict_logits(model, x, self.batch_size)
+            check_logits(clean_logits, y)
+            clean_correct = clean_logits.argmax(dim=1) == y
+            counter = QueryCounter(model)
+            start = time.perf_counter()
+            with self._rng_scope(x.device) as generator:
+                x_adv = torch.cat(
+                    [
+                        self._perturb(
+                            counter,
+                            x[i : i + self.batch_size],
+                            y[i : i + self.batch_size],
+                            clean_correct[i : i + self.batch_size],
+                            clean_logits.shape[1],
+                            generator,
+                        ).detach()
+                        for i in range(0, x.shape[0], self.batch_size)
+                    ]
+                )
+            x_adv = self._constrain(x, x_adv.to(x.dtype))
+            if x.device.type == "cuda":
+                torch.cuda.synchronize(x.device)
+            seconds = time.perf_counter() - start
+            adv_pred = predict_logits(model, x_adv, self.batch_size).argmax(dim=1)
+        success = clean_correct & (adv_pred != y)
+        if self.minimization:
+            # A minimization attack reports the original image where it failed, never a stale iterate.
+            x_adv = torch.where(success.view(-1, *([1] * (x.dim() - 1))), x_adv, x)
+        diff = (x_adv - x).flatten(1).float()
+        return AttackResult(
+            x_adv=x_adv,
+            success=success,
+            clean_correct=clean_correct,
+            linf=diff.abs().amax(dim=1),
+            l2=diff.norm(dim=1),
+            queries=counter.count,
+            seconds=seconds,
+            attack=self.name,
+            backend=self.backend,
+            minimization=self.minimization,
+        )
+
+    @contextlib.contextmanager
+    def _rng_scope(self, device: torch.device) -> Iterator[torch.Generator | None]:
+        """Seed the randomness of the chosen backend for one call, leaving global RNG state untouched.
+
+        Native attacks draw from their own ``torch.Generator`` on ``device``. foolbox draws from torch's
+        global RNG, so it is forked and seeded; ART draws from numpy's global RNG, so its state is
+        saved, seeded and restored.
+        """
+        seed = self.random_seed
+        if seed is None:
+            yield None
+        elif self.backend == "native":
+            generator = torch.Generator(device=device)
+            generator.manual_seed(seed)
+            yield generator
+        elif self.backend == "foolbox":
+            devices = [device] if device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(seed)
+                yield None
+        else:
+            # ART reads numpy's legacy global RNG, so that is the state to seed and restore.
+            state = np.random.get_state()  # noqa: NPY002
+            np.random.seed(seed)  # noqa: NPY002
+            try:
+                yield None
+            finally:
+                np.random.set_state(state)  # noqa: NPY002
+
+    def _perturb(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        todo: torch.Tensor,
+        num_classes: int,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        """Adversarial images for one chunk, from the configured backend."""
+        if self.backend == "native":
+            return self._native(model, x, y, todo, generator)
+        if self.backend == "foolbox":
+            from attacks.backends import foolbox as peer
+        else:
+            from attacks.backends import art as peer  # type: ignore[no-redef]
+        return peer.run(self, model, x, y, num_classes)
+
+    @abstractmethod
+    def _native(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        todo: torch.Tensor,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        """Adversarial images for one chunk; samples where ``todo`` is False may be returned unchanged."""
+
+    @abstractmethod
+    def _constrain(self, x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
+        """Enforce the threat model on any backend's output (ball and box for fixed-eps attacks)."""
