@@ -55,11 +55,17 @@ def make_objective(fcfg: DictConfig, seed: int) -> Objective:
             f"finetune.eps_255 and finetune.step_255 must be > 0, got {fcfg.eps_255}, {fcfg.step_255}"
         )
     generators: dict[str, torch.Generator] = {}
+    epoch_seed = [seed]
+
+    def set_epoch(epoch: int) -> None:
+        # Random starts derive from (seed, epoch), like the loader's shuffle, so a run resumed at
+        # an epoch boundary draws exactly what the uninterrupted run drew.
+        generators.clear()
+        epoch_seed[0] = seed * 1_000_003 + epoch
 
     def generator(device: torch.device) -> torch.Generator:
-        # One generator per device, seeded once: random starts are reproducible across a run.
         if str(device) not in generators:
-            generators[str(device)] = torch.Generator(device=device).manual_seed(seed)
+            generators[str(device)] = torch.Generator(device=device).manual_seed(epoch_seed[0])
         return generators[str(device)]
 
     def uniform_start(x: torch.Tensor) -> torch.Tensor:
@@ -84,4 +90,6 @@ def make_objective(fcfg: DictConfig, seed: int) -> Objective:
         )
         return F.cross_entropy(logits_clean.float(), y) + fcfg.beta * robust, logits_clean
 
-    return {"pgd": pgd, "fgsm_rs": pgd, "trades": trades}[fcfg.method]
+    objective = {"pgd": pgd, "fgsm_rs": pgd, "trades": trades}[fcfg.method]
+    objective.set_epoch = set_epoch
+    return objective

@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 from robust_mnv1.checkpoint import load_checkpoint, save_checkpoint, sidecar
 from robust_mnv1.data import DeviceLoader, Split
 
-# (model, x, y) -> (loss to minimise, logits whose argmax is the prediction the loss trained on)
+# (model, x, y) -> (loss to minimise, logits whose argmax is the prediction the loss trained on).
+# An objective that draws random numbers also has ``set_epoch(epoch)``, called at each epoch start.
 Objective = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -168,6 +169,8 @@ def _fit(
     for epoch in range(start_epoch, tcfg.epochs):
         model.train()
         loader.set_epoch(epoch)
+        if hasattr(objective, "set_epoch"):
+            objective.set_epoch(epoch)
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), dtype=torch.long, device=device)

@@ -107,7 +107,6 @@ def test_parallel_joblib_sweep_leaves_consistent_records(smoke, tmp_path):
         [
             "-m",
             *FAST,
-            "attack=pgd",
             "study.grid=null",
             "model.alpha=0.25,0.5",
             "hydra/launcher=joblib",
@@ -118,7 +117,7 @@ def test_parallel_joblib_sweep_leaves_consistent_records(smoke, tmp_path):
         root / "cache",
     )
     files = sorted((results / "runs").glob("*.json"))
-    assert len(files) == 4
+    assert len(files) == 12  # 2 jobs x 2 regimes x 3 attacks
     for f in files:
         validate_record(json.loads(f.read_text()))
     assert not list((results / "runs").glob(".*tmp"))
