@@ -10,7 +10,9 @@ from robust_mnv1.readme_findings import main as readme_findings
 
 from .conftest import REPO
 
-PUBLISHED = [d for d in (REPO / "results", REPO / "results" / "cpu-preview") if list((d / "runs").glob("*.json"))]
+PUBLISHED = [
+    d for d in (REPO / "results", REPO / "results" / "cpu-preview") if list((d / "runs").glob("*.json"))
+]
 
 
 @pytest.mark.parametrize("results", PUBLISHED, ids=[d.name for d in PUBLISHED])
