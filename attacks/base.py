@@ -151,30 +151,28 @@ class Attack(ABC):
     def _rng_scope(self, device: torch.device) -> Iterator[torch.Generator | None]:
         """Seed the randomness of the chosen backend for one call, leaving global RNG state untouched.
 
-        Native attacks draw from their own ``torch.Generator`` on ``device``. foolbox draws from torch's
-        global RNG, so it is forked and seeded; ART draws from numpy's global RNG, so its state is
-        saved, seeded and restored.
+        Native attacks draw from their own ``torch.Generator`` on ``device``. The peers draw from global
+        generators (foolbox from torch's, ART from numpy's, and from torch's through a ``DataLoader``),
+        so both are forked or saved, seeded with the attack's seed, and restored afterwards.
         """
         seed = self.random_seed
-        if seed is None:
-            yield None
-        elif self.backend == "native":
-            generator = torch.Generator(device=device)
-            generator.manual_seed(seed)
+        if self.backend == "native":
+            generator = None
+            if seed is not None:
+                generator = torch.Generator(device=device)
+                generator.manual_seed(seed)
             yield generator
-        elif self.backend == "foolbox":
-            devices = [device] if device.type == "cuda" else []
-            with torch.random.fork_rng(devices=devices):
+            return
+        # ART reads numpy's legacy global RNG, so that is the state to seed and restore.
+        numpy_state = np.random.get_state()  # noqa: NPY002
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            if seed is not None:
                 torch.manual_seed(seed)
-                yield None
-        else:
-            # ART reads numpy's legacy global RNG, so that is the state to seed and restore.
-            state = np.random.get_state()  # noqa: NPY002
-            np.random.seed(seed)  # noqa: NPY002
+                np.random.seed(seed)  # noqa: NPY002
             try:
                 yield None
             finally:
-                np.random.set_state(state)  # noqa: NPY002
+                np.random.set_state(numpy_state)  # noqa: NPY002
 
     def _perturb(
         self,

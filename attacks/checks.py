@@ -82,9 +82,9 @@ class _Session:
         steps: int | None = None,
         restarts: int = 1,
         random_start: bool = True,
-        seed: int = 0,
+        seed_offset: int = 0,
     ) -> AttackResult:
-        key = ("pgd", eps, steps, restarts, random_start, seed)
+        key = ("pgd", eps, steps, restarts, random_start, seed_offset)
         if key not in self._cache:
             attack = PGD(
                 eps=eps,
@@ -94,7 +94,7 @@ class _Session:
                 restarts=restarts,
                 loss=self.loss,
                 batch_size=self.batch_size,
-                seed=self.seed + seed,
+                seed=self.seed + seed_offset,
             )
             self._cache[key] = attack(self.model, self.x, self.y)
         return self._cache[key]
@@ -153,7 +153,7 @@ def _more_effort(s: _Session, steps_factor: int, restarts: int, tol: float) -> C
     base = s.pgd(s.eps).robust_accuracy
     more_steps = s.pgd(s.eps, steps=s.steps * steps_factor).robust_accuracy
     # A different seed: with the base seed the first restart would replay the base run exactly.
-    more_restarts = s.pgd(s.eps, restarts=restarts, seed=1).robust_accuracy
+    more_restarts = s.pgd(s.eps, restarts=restarts, seed_offset=1).robust_accuracy
     rise = max(more_steps, more_restarts) - base
     return CheckReport(
         name="more_steps_or_restarts_raise_accuracy",

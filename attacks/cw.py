@@ -7,12 +7,15 @@ smaller distances for the same step budget (see ``docs/attacks.md``):
 * Adam's step size is ``lr`` for the first half of each binary-search step and then decays linearly
   to ``lr / 10``, so the last steps settle on the decision boundary instead of oscillating across it
   by a full step.
-* Abort-early is per sample. Every tenth of the steps, a sample that has not been adversarial yet in
-  this binary-search step leaves the working batch if its loss fell by less than 0.01% since the last
-  check (the reference rule, which applies it to the batch's summed loss); a sample that has been
-  adversarial keeps optimising, since its distance is what the attack reports and it often shrinks
-  again after a pause. Each check is one host-device synchronisation (at most ten per binary-search
-  step); in exchange stalled samples stop costing forward and backward passes.
+* Abort-early is per sample and checked every tenth of the steps. A sample that has not been
+  adversarial yet in this binary-search step leaves the working batch once its loss fell by less than
+  0.01% since the last check (the reference rule, which applies it to the batch's summed loss). A
+  sample that has been adversarial leaves once its best distance in this step shrank by less than 1%
+  over the last 10 steps (at least one check interval), since the distance is what the attack
+  reports. Each check is one host-device synchronisation (at most ten per binary-search step); in
+  exchange stalled samples stop costing forward and backward passes. Once fewer than a fifth of the
+  samples are still optimising, the binary-search step ends for all of them, so that a few
+  stragglers do not cost as many (small, launch-bound) forward passes as the whole batch.
 """
 
 from __future__ import annotations
@@ -26,18 +29,28 @@ from attacks.base import Attack
 from attacks.losses import other_max
 from attacks.validation import check_float, check_int
 
-# x = 1/2 + tanh(w) / (2·SHRINK), clamped to [0, 1]. With SHRINK < 1 a pixel at exactly 0 or 1 maps to
-# a finite w where tanh still has slope 1 − SHRINK², so it can move; foolbox and ART use 0.999999,
-# where that slope (2e-6) pins saturated pixels for the whole run. Dividing by SHRINK (rather than
-# only multiplying before atanh) makes w0 reproduce x exactly, so the attack starts at distance 0.
-SHRINK = 0.99
+# Tanh space: w0 = atanh(SHRINK·(2x − 1)) and x(w) = x + (tanh(w) − tanh(w0)) / (2·SHRINK), clamped to
+# [0, 1]. With SHRINK < 1 a pixel at exactly 0 or 1 sits where tanh still has slope 1 − SHRINK², so it
+# can move; foolbox and ART use 0.999999, where that slope (2e-6) pins saturated pixels for the whole
+# run. Writing x(w) relative to x and tanh(w0) makes the start reproduce x bit for bit (recomputing
+# 1/2 + tanh(w0)/(2·SHRINK) can land a rounding error outside [0, 1]), and the clamp lets the gradient
+# through on the box's edges, where ``torch.clamp`` would zero it and pin every saturated pixel.
+SHRINK = 0.9
 _ADAM_BETAS = (0.9, 0.999)
 _ADAM_EPS = 1e-8
-# Between abort-early checks a not-yet-adversarial sample must cut its loss by this factor to go on.
+# To keep optimising, a not-yet-adversarial sample must cut its loss by this factor since the last
+# abort-early check; an adversarial one its best distance by this other factor over a window.
 _ABORT_LOSS_RATIO = 0.9999
+_ABORT_DISTANCE_RATIO = 0.99
+# Steps over which an adversarial sample's distance must shrink (rounded up to whole check intervals).
+_ABORT_DISTANCE_WINDOW = 10
 # Adam's step size stays at ``lr`` for the first half of each binary-search step (the iterate must
 # first travel to the boundary), then decays linearly to this fraction of ``lr``.
 _FINAL_LR_FRACTION = 0.1
+# A binary-search step ends for all once fewer than this fraction of its samples are still optimising:
+# a handful of stragglers would otherwise cost as many (small, launch-bound) forward passes as the
+# full batch.
+_ROUND_END_FRACTION = 0.2
 # Constants never grow past this; a sample that needs more is not attackable at useful distances.
 _MAX_CONST = 1e10
 
@@ -53,9 +66,13 @@ def to_tanh_space(x: torch.Tensor) -> torch.Tensor:
     return torch.atanh((2.0 * x - 1.0) * SHRINK)
 
 
-def from_tanh_space(w: torch.Tensor) -> torch.Tensor:
-    """Map tanh-space variables back to images in [0, 1]."""
-    return (0.5 + torch.tanh(w) / (2.0 * SHRINK)).clamp(0.0, 1.0)
+def from_tanh_space(w: torch.Tensor, x0: torch.Tensor, tanh_w0: torch.Tensor) -> torch.Tensor:
+    """Map tanh-space variables back to images in [0, 1], exactly ``x0`` at ``w0``.
+
+    Pixels pushed past the box are clamped (and get no gradient); pixels exactly on its edges keep one.
+    """
+    x = x0 + (torch.tanh(w) - tanh_w0) * (0.5 / SHRINK)
+    return torch.where((x >= 0.0) & (x <= 1.0), x, x.detach().clamp(0.0, 1.0))
 
 
 class CarliniWagnerL2(Attack):
@@ -150,16 +167,19 @@ class CarliniWagnerL2(Attack):
         w = w0.clone()
         mom = torch.zeros_like(w)
         vel = torch.zeros_like(w)
-        a_x0, a_y, a_const = x0, y0, const
+        a_x0, a_y, a_const, a_t0 = x0, y0, const, torch.tanh(w0)
         a_adv, a_l2, a_found = best_adv.clone(), best_l2.clone(), found.clone()
-        # Loss of each sample at the last abort-early check.
-        prev_loss = torch.full((m,), float("inf"), device=x0.device)
+        inf = torch.full((m,), float("inf"), device=x0.device)
+        # Best distance in this binary-search step; the loss at the last check, and that distance at the
+        # checks of the last _ABORT_DISTANCE_WINDOW steps (oldest first).
         check_every = math.ceil(self.steps / 10)
+        round_l2, prev_loss = inf, inf
+        history = [inf] * math.ceil(_ABORT_DISTANCE_WINDOW / check_every)
         beta1, beta2 = _ADAM_BETAS
         for step in range(self.steps):
             with torch.enable_grad():
                 w.requires_grad_(True)
-                xa = from_tanh_space(w)
+                xa = from_tanh_space(w, a_x0, a_t0)
                 logits = model(xa.to(model_dtype)).float()
                 l2sq = (xa - a_x0).pow(2).flatten(1).sum(dim=1)
                 margin = logits.gather(1, a_y[:, None]).squeeze(1) - other_max(logits, a_y)
@@ -169,6 +189,7 @@ class CarliniWagnerL2(Attack):
             loss, xa = loss.detach(), xa.detach()
             is_adv = (margin.detach() + self.confidence) < 0
             l2 = l2sq.detach().sqrt()
+            round_l2 = torch.where(is_adv, torch.minimum(round_l2, l2), round_l2)
             better = is_adv & (l2 < a_l2)
             a_l2 = torch.where(better, l2, a_l2)
             a_adv = torch.where(better.view(shape), xa, a_adv)
@@ -181,17 +202,24 @@ class CarliniWagnerL2(Attack):
             lr = self.lr * _lr_factor(step, self.steps)
             w.sub_(lr * step_dir)
             if step % check_every == 0:
-                progressing = a_found | (loss <= _ABORT_LOSS_RATIO * prev_loss)
-                prev_loss = loss
+                progressing = torch.where(
+                    a_found,
+                    round_l2 < _ABORT_DISTANCE_RATIO * history[0],
+                    loss <= _ABORT_LOSS_RATIO * prev_loss,
+                )
+                prev_loss, history = loss, [*history[1:], round_l2]
                 keep = progressing.nonzero().squeeze(1)
+                if keep.numel() < _ROUND_END_FRACTION * found.numel():
+                    keep = keep[:0]
                 if keep.numel() < m:
                     best_adv[idx], best_l2[idx], found[idx] = a_adv, a_l2, a_found
                     if keep.numel() == 0:
                         return found
                     idx, w, mom, vel = idx[keep], w[keep], mom[keep], vel[keep]
-                    a_x0, a_y, a_const = a_x0[keep], a_y[keep], a_const[keep]
+                    a_x0, a_y, a_const, a_t0 = a_x0[keep], a_y[keep], a_const[keep], a_t0[keep]
                     a_adv, a_l2, a_found = a_adv[keep], a_l2[keep], a_found[keep]
-                    prev_loss = prev_loss[keep]
+                    round_l2, prev_loss = round_l2[keep], prev_loss[keep]
+                    history = [h[keep] for h in history]
                     m = keep.numel()
         best_adv[idx], best_l2[idx], found[idx] = a_adv, a_l2, a_found
         return found
