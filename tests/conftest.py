@@ -1,5 +1,8 @@
 """Shared fixtures: every test gets its own model/data cache, so nothing leaks between tests."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,3 +16,18 @@ def cache_dir(tmp_path, monkeypatch):
     path = tmp_path / "cache"
     monkeypatch.setenv("ROBUST_MNV1_CACHE", str(path))
     return path
+
+
+def run_cli(*args: str, cache: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``python -m robust_mnv1.run ARGS`` from the repo root, as a user would type it."""
+    env = {**os.environ, "HYDRA_FULL_ERROR": "", "PYTHONUNBUFFERED": "1"}
+    if cache is not None:
+        env["ROBUST_MNV1_CACHE"] = str(cache)
+    return subprocess.run(
+        [sys.executable, "-m", "robust_mnv1.run", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )

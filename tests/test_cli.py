@@ -1,29 +1,10 @@
 """The command line: one-line errors with the valid choices, no tracebacks, collision-free run dirs."""
 
-import subprocess
-import sys
-
 import pytest
 
 from robust_mnv1.cli import compose_config, experiment_names
 
-from .conftest import REPO
-
-
-def run(*args, cwd=REPO, env_cache=None, timeout=300):
-    import os
-
-    env = {**os.environ, "HYDRA_FULL_ERROR": "", "PYTHONUNBUFFERED": "1"}
-    if env_cache is not None:
-        env["ROBUST_MNV1_CACHE"] = str(env_cache)
-    return subprocess.run(
-        [sys.executable, "-m", "robust_mnv1.run", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
+from .conftest import run_cli as run
 
 
 def assert_one_line_error(proc, *needles):
@@ -90,7 +71,7 @@ def test_missing_data_is_one_line_error(tmp_path):
         "data=imagefolder",
         f"data.root={tmp_path}/nowhere",
         f"hydra.run.dir={tmp_path}/o",
-        env_cache=tmp_path / "c",
+        cache=tmp_path / "c",
     )
     assert_one_line_error(proc, str(tmp_path / "nowhere"))
 

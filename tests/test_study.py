@@ -1,9 +1,6 @@
 """The study end to end on digits: records, leaderboard, model cache, resume, parallel sweeps."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,7 +10,7 @@ from robust_mnv1.data import load_dataset
 from robust_mnv1.records import load_records, validate_record
 from robust_mnv1.zoo import cache_root, finetuned_model, standard_model
 
-from .conftest import REPO
+from .conftest import run_cli
 
 # A cut-down smoke: the pipeline is the same, the budgets smaller, so CI pays seconds not minutes.
 FAST = [
@@ -30,15 +27,7 @@ FAST = [
 
 
 def run(args, cache, timeout=600):
-    env = {**os.environ, "ROBUST_MNV1_CACHE": str(cache), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "robust_mnv1.run", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    proc = run_cli(*args, cache=cache, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
