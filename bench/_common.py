@@ -25,7 +25,9 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from robust_mnv1.data import Split
+from robust_mnv1.errors import UserError
 from robust_mnv1.train import Objective, fit
+from robust_mnv1.zoo import resolve_device
 
 IMAGE_SIZE = 32
 NUM_CLASSES = 10
@@ -62,10 +64,11 @@ def setup(parser: argparse.ArgumentParser, args: argparse.Namespace) -> torch.de
         if threads < 1:
             parser.error(f"--threads must be at least 1, got {threads}")
         torch.set_num_threads(threads)
-    name = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda asked for, but no CUDA device is available; use --device cpu")
-    return torch.device(name)
+    try:
+        # The project's device set-up (cuDNN autotuning on CUDA) applies to every path measured.
+        return resolve_device(args.device or "auto")
+    except UserError as err:
+        parser.error(str(err))
 
 
 def describe(device: torch.device) -> str:
@@ -156,31 +159,26 @@ def project_fit(
     *,
     device: torch.device,
     seed: int,
+    cuda_graph: bool,
 ) -> Throughput:
-    """One epoch of :func:`robust_mnv1.train.fit` over ``train``, timed from its first step to its end.
+    """The second epoch of a two-epoch :func:`robust_mnv1.train.fit` over ``train``, timed.
 
-    The clock starts (after a synchronisation) when the first batch reaches the objective, so
-    it leaves out the run-dir lock, the optimizer and loader set-up and the first batch's gather, and
-    stops in ``on_epoch_end`` after a synchronisation, so it includes the LR schedule, augmentation,
-    loss/accuracy bookkeeping and a ``FIT_TEST_IMAGES``-image test pass, but not the final checkpoint.
+    The first epoch is the warm-up (kernel selection, allocations, the CUDA graph's capture). The
+    clock runs between the two ``on_epoch_end`` calls, each after a synchronisation, so it covers
+    the LR schedule, augmentation, loss/accuracy bookkeeping and a ``FIT_TEST_IMAGES``-image test
+    pass, but neither checkpoint.
     """
-    cfg = OmegaConf.merge(tcfg, {"epochs": 1})
-    marks: dict[str, float] = {}
-
-    def timed(m: torch.nn.Module, x: torch.Tensor, y: torch.Tensor):
-        if "start" not in marks:
-            synchronize(device)
-            marks["start"] = time.perf_counter()
-        return objective(m, x, y)
+    cfg = OmegaConf.merge(tcfg, {"epochs": 2})
+    marks: dict[int, float] = {}
 
     def on_epoch_end(epoch: int) -> None:
         synchronize(device)
-        marks["end"] = time.perf_counter()
-        marks["peak"] = peak_memory_mib(device)
+        marks[epoch] = time.perf_counter()
+        if epoch == 1:
+            reset_peak_memory(device)
 
     test = synthetic_split(FIT_TEST_IMAGES, seed=seed + 1)
     with tempfile.TemporaryDirectory(prefix="robust-mnv1-bench-") as run_dir, _quiet():
-        reset_peak_memory(device)
         fit(
             model,
             train,
@@ -189,12 +187,14 @@ def project_fit(
             device=device,
             seed=seed,
             run_dir=run_dir,
-            objective=timed,
+            objective=objective,
             desc="bench",
             on_epoch_end=on_epoch_end,
+            cuda_graph=cuda_graph,
         )
+        peak = peak_memory_mib(device)
     images = len(train) // cfg.batch_size * cfg.batch_size
-    return Throughput(images=images, seconds=marks["end"] - marks["start"], peak_mib=marks["peak"])
+    return Throughput(images=images, seconds=marks[2] - marks[1], peak_mib=peak)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -312,28 +312,31 @@ def compare_training(
     device: torch.device,
     seed: int,
     repeats: int = 1,
-) -> tuple[list[Throughput], list[Throughput]]:
-    """(project, plain) throughputs of the same training over ``split``, ``repeats`` runs of each.
+) -> dict[str, list[Throughput]]:
+    """Throughputs of the same training over ``split``, ``repeats`` runs of each path, by path name.
 
-    ``model`` goes through :func:`project_fit` with ``objective``, ``baseline_model`` through
-    :class:`PlainLoop` with ``pgd``. Each path is warmed up first by one untimed step (for the
-    project, a whole fit over a single batch); then the timed runs alternate in ABBA order, so
-    drift in the machine's load and allocator state falls on both.
+    ``"project"``: ``model`` through :func:`project_fit` with ``objective``, as the suite trains on
+    this device (CUDA graphs on CUDA); on CUDA also ``"project eager"``, the same without graphs, to
+    show what the graphs buy. ``"plain"``: ``baseline_model`` through :class:`PlainLoop` with
+    ``pgd``, warmed up by one untimed step. The timed runs alternate in ABBA order, so drift in the
+    machine's load and allocator state falls on all paths.
     """
+    cuda = device.type == "cuda"
+    modes = {"project": cuda, **({"project eager": False} if cuda else {})}
     plain = PlainLoop(model=baseline_model, split=split, tcfg=tcfg, device=device, pgd=pgd)
     plain.warm_up()
-    one_batch = synthetic_split(tcfg.batch_size, seed=seed + 2)
-    project_fit(model, one_batch, tcfg, objective, device=device, seed=seed)
-    project_runs: list[Throughput] = []
-    plain_runs: list[Throughput] = []
+    runs: dict[str, list[Throughput]] = {"plain": [], **{name: [] for name in modes}}
     for i in range(repeats):
         # ABBA order: neither path always runs right after the other's allocations.
         if i % 2 == 0:
-            plain_runs.append(plain.run())
-        project_runs.append(project_fit(model, split, tcfg, objective, device=device, seed=seed))
+            runs["plain"].append(plain.run())
+        for name, cuda_graph in modes.items():
+            runs[name].append(
+                project_fit(model, split, tcfg, objective, device=device, seed=seed, cuda_graph=cuda_graph)
+            )
         if i % 2 == 1:
-            plain_runs.append(plain.run())
-    return project_runs, plain_runs
+            runs["plain"].append(plain.run())
+    return runs
 
 
 def print_table(title: str, table: pd.DataFrame, notes: list[str]) -> None:

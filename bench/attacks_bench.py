@@ -92,6 +92,19 @@ def prepare(model: nn.Module, batch: int, fit_steps: int, device: torch.device, 
     return model, x, y
 
 
+class Bf16Autocast(nn.Module):
+    """The wrapped model under bf16 autocast (CUDA); logits come back fp32, so losses and input
+    gradients are fp32 as in the fp32 run. Compares what bf16 does to robust accuracy."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            return self.model(x).float()
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -154,6 +167,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--art-cw-batch", type=int, default=2, help="images for ART's (very slow) C&W")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--libs", default="native,foolbox,art,torchattacks")
+    parser.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="bf16: every library attacks the model under bf16 autocast (fp32 logits and gradients)",
+    )
     args = parser.parse_args(argv)
 
     if args.threads:
@@ -161,6 +180,8 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but no CUDA device is available")
+    # As the suite runs (robust_mnv1.zoo.resolve_device); process-wide, so every library gets it.
+    torch.backends.cudnn.benchmark = device.type == "cuda"
     batch = args.batch or (16 if args.quick else 128)
     alpha = args.alpha or (0.25 if args.quick else 1.0)
     fit_steps = args.fit_steps if args.fit_steps is not None else (150 if args.quick else 200)
@@ -171,11 +192,17 @@ def main(argv: list[str] | None = None) -> None:
     model, model_name = build(alpha)
     start = time.perf_counter()
     model, x, y = prepare(model, batch, fit_steps, device)
+    if args.precision == "bf16":
+        # Relabel with the bf16 model's own predictions, so clean accuracy stays 100%.
+        model = Bf16Autocast(model).eval()
+        with torch.no_grad():
+            y = model(x).argmax(1)
     device_name = (
         torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     )
     print(
-        f"device: {device_name} ({device.type}), torch {torch.__version__}, threads {torch.get_num_threads()}"
+        f"device: {device_name} ({device.type}), torch {torch.__version__}, "
+        f"threads {torch.get_num_threads()}, precision {args.precision}"
     )
     fit_seconds = time.perf_counter() - start
     print(f"model: {model_name}; fitted {fit_steps} steps on synthetic data in {fit_seconds:.1f}s")

@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
 
     tcfg = OmegaConf.merge(cfg.train, {"batch_size": batch})
     model = fresh_model()
-    (project,), (base,) = compare_training(
+    runs = compare_training(
         model=model,
         baseline_model=fresh_model(),
         split=synthetic_split(sizes.std_batches * batch, seed=seed),
@@ -211,6 +211,7 @@ def main(argv: list[str] | None = None) -> None:
         device=device,
         seed=seed,
     )
+    (project,), (base,) = runs["project"], runs["plain"]
     rows.append(
         _row(
             "standard training",
@@ -234,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
     fcfg = OmegaConf.merge(cfg.finetune, {"batch_size": batch})
     tuned = fresh_model()
     tuned.load_state_dict(model.state_dict())
-    (project,), (base,) = compare_training(
+    runs = compare_training(
         model=tuned,
         baseline_model=fresh_model(),
         split=synthetic_split(sizes.ft_batches * batch, seed=seed),
@@ -244,6 +245,7 @@ def main(argv: list[str] | None = None) -> None:
         device=device,
         seed=seed,
     )
+    (project,), (base,) = runs["project"], runs["plain"]
     rows.append(
         _row(
             f"{cfg.finetune.regime} fine-tuning",

@@ -68,20 +68,23 @@ def make_objective(fcfg: DictConfig, seed: int) -> Objective:
             generators[str(device)] = torch.Generator(device=device).manual_seed(epoch_seed[0])
         return generators[str(device)]
 
-    def uniform_start(x: torch.Tensor) -> torch.Tensor:
-        return (torch.rand(x.shape, generator=generator(x.device), device=x.device) * 2 - 1) * eps
+    def draw(x: torch.Tensor) -> torch.Tensor:
+        """The random start of the inner attack (kept out of the step so a CUDA graph can replay it)."""
+        gen = generator(x.device)
+        if fcfg.method == "trades":
+            return 0.001 * torch.randn(x.shape, generator=gen, device=x.device)
+        return (torch.rand(x.shape, generator=gen, device=x.device) * 2 - 1) * eps
 
-    def pgd(model, x, y):
+    def pgd(model, x, y, start):
         ce = lambda logits: F.cross_entropy(logits, y)
-        delta = linf_ascent(model, x, uniform_start(x), ce, eps=eps, step=step, steps=fcfg.steps)
+        delta = linf_ascent(model, x, start, ce, eps=eps, step=step, steps=fcfg.steps)
         logits = model(x + delta)
         return F.cross_entropy(logits.float(), y, label_smoothing=fcfg.label_smoothing), logits
 
-    def trades(model, x, y):
+    def trades(model, x, y, start):
         logits_clean = model(x)
         p_clean = F.softmax(logits_clean.detach().float(), dim=1)
         kl = lambda logits: F.kl_div(F.log_softmax(logits, dim=1), p_clean, reduction="batchmean")
-        start = 0.001 * torch.randn(x.shape, generator=generator(x.device), device=x.device)
         delta = linf_ascent(model, x, start, kl, eps=eps, step=step, steps=fcfg.steps)
         robust = F.kl_div(
             F.log_softmax(model(x + delta).float(), dim=1),
@@ -92,4 +95,5 @@ def make_objective(fcfg: DictConfig, seed: int) -> Objective:
 
     objective = {"pgd": pgd, "fgsm_rs": pgd, "trades": trades}[fcfg.method]
     objective.set_epoch = set_epoch
+    objective.draw = draw
     return objective

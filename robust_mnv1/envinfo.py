@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from importlib.metadata import PackageNotFoundError, version
@@ -27,7 +28,11 @@ def device_name(device: torch.device) -> str:
 
 
 def git_commit() -> str | None:
-    """HEAD of the checkout this code runs from, with ``-dirty`` when it has uncommitted changes."""
+    """HEAD of the checkout this code runs from, with ``-dirty`` when it has uncommitted changes.
+
+    Where the code runs from a copy without ``.git`` (a remote GPU machine), the commit comes from
+    ``ROBUST_MNV1_GIT_COMMIT``, which the launching script sets (scripts/gpu_slice.sh).
+    """
     root = Path(__file__).resolve().parents[1]
     try:
         sha = subprocess.run(
@@ -41,7 +46,7 @@ def git_commit() -> str | None:
             check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return None
+        return os.environ.get("ROBUST_MNV1_GIT_COMMIT")
     return sha[:12] + ("-dirty" if dirty else "")
 
 

@@ -16,7 +16,7 @@ import fcntl
 import math
 import time
 from collections.abc import Callable
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +27,12 @@ from tqdm.auto import tqdm
 
 from robust_mnv1.checkpoint import load_checkpoint, save_checkpoint, sidecar
 from robust_mnv1.data import DeviceLoader, Split
+from robust_mnv1.optim import TensorLRSGD
+from robust_mnv1.step import CapturedStep, EagerStep, autocast_for
 
 # (model, x, y) -> (loss to minimise, logits whose argmax is the prediction the loss trained on).
-# An objective that draws random numbers also has ``set_epoch(epoch)``, called at each epoch start.
+# An objective that needs random numbers draws them only in ``draw(x)``, whose result it takes as
+# a fourth argument (see robust_mnv1.step), and has ``set_epoch(epoch)``, called at each epoch start.
 Objective = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -48,13 +51,6 @@ def lr_at(step: int, total_steps: int, tcfg: DictConfig) -> float:
         return tcfg.lr * (step + 1) / warmup
     progress = (step - warmup) / max(1, total_steps - warmup)
     return tcfg.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def autocast_for(device: torch.device):
-    """bf16 autocast on CUDA (tensor cores); fp32 on CPU, where bf16 is slower and less exact."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
 
 
 @torch.no_grad()
@@ -90,12 +86,14 @@ def fit(
     desc: str = "train",
     meta: dict[str, Any] | None = None,
     on_epoch_end: Callable[[int], None] | None = None,
+    cuda_graph: bool = False,
 ) -> dict[str, Any]:
     """Train ``model`` in place, or load it when ``run_dir`` already holds a finished run.
 
     Returns the sidecar metadata of ``final.safetensors`` with ``trained`` set to whether this
     call did any training. ``on_epoch_end(epoch)`` runs after each epoch's checkpoint; tests
-    use it to kill a run part-way.
+    use it to kill a run part-way. ``cuda_graph`` replays each step from a CUDA graph
+    (:class:`robust_mnv1.step.CapturedStep`); it needs a CUDA ``device``.
     """
     with _exclusive(Path(run_dir)):
         return _fit(
@@ -110,6 +108,7 @@ def fit(
             desc=desc,
             meta=meta,
             on_epoch_end=on_epoch_end,
+            cuda_graph=cuda_graph,
         )
 
 
@@ -129,7 +128,7 @@ def _exclusive(run_dir: Path):
 
 
 def _fit(
-    model, train, test, tcfg, *, device, seed, run_dir, objective, desc, meta, on_epoch_end
+    model, train, test, tcfg, *, device, seed, run_dir, objective, desc, meta, on_epoch_end, cuda_graph
 ) -> dict[str, Any]:
     final, last = run_dir / "final.safetensors", run_dir / "last.safetensors"
     model.to(device)
@@ -144,12 +143,13 @@ def _fit(
     for p in model.parameters():
         # Weight decay on BN affine parameters and biases only hurts small nets; skip them.
         (no_decay if p.ndim <= 1 else decay).append(p)
-    opt = torch.optim.SGD(
-        [{"params": decay, "weight_decay": tcfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+    opt = TensorLRSGD(
+        [(decay, tcfg.weight_decay), (no_decay, 0.0)],
         lr=tcfg.lr,
         momentum=tcfg.momentum,
         nesterov=tcfg.nesterov,
     )
+    step = (CapturedStep if cuda_graph else EagerStep)(model, objective, opt, device)
     loader = DeviceLoader(
         train,
         batch_size=tcfg.batch_size,
@@ -179,16 +179,12 @@ def _fit(
             loader, desc=f"{desc} {epoch + 1}/{tcfg.epochs}", unit="batch", leave=False, dynamic_ncols=True
         )
         for i, (x, y) in enumerate(bar):
-            for group in opt.param_groups:
-                group["lr"] = lr_at(epoch * len(loader) + i, total_steps, tcfg)
-            with autocast_for(device):
-                loss, logits = objective(model, x, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            lr = lr_at(epoch * len(loader) + i, total_steps, tcfg)
+            opt.set_lr(lr)
+            loss, logits = step(x, y)
             # Running sums stay on the device; reading them every 25 batches bounds host syncs.
-            loss_sum += loss.detach() * len(y)
-            correct += (logits.detach().argmax(1) == y).sum()
+            loss_sum += loss * len(y)
+            correct += (logits.argmax(1) == y).sum()
             seen += len(y)
             if i % 25 == 24:
                 rate = seen / (time.perf_counter() - t0)
@@ -205,7 +201,7 @@ def _fit(
             "epoch": epoch + 1,
             "loss": loss_mean,
             "train_acc": train_acc,
-            "lr_end": opt.param_groups[0]["lr"],
+            "lr_end": lr,
             "seconds": seconds,
             "img_per_s": seen / seconds,
         }
@@ -237,18 +233,15 @@ def _fit(
 
 def _save_last(path: Path, model, opt, epoch: int, history: list, elapsed: float) -> None:
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    for i, p in enumerate(p for g in opt.param_groups for p in g["params"]):
-        buf = opt.state.get(p, {}).get("momentum_buffer")
-        if buf is not None:
-            tensors[f"opt.{i}"] = buf
+    tensors.update({f"opt.{i}": buf for i, buf in enumerate(opt.buffers)})
     save_checkpoint(path, tensors, {"epoch": epoch, "history": history, "elapsed": elapsed})
 
 
 def _resume(path: Path, model, opt, device) -> tuple[int, list, float]:
     tensors, meta = load_checkpoint(path, device)
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    for i, p in enumerate(p for g in opt.param_groups for p in g["params"]):
-        if f"opt.{i}" in tensors:
-            opt.state[p]["momentum_buffer"] = tensors[f"opt.{i}"]
+    with torch.no_grad():
+        for i, buf in enumerate(opt.buffers):
+            buf.copy_(tensors[f"opt.{i}"])
     tqdm.write(f"resuming {path.parent.name} from epoch {meta['epoch']}")
     return meta["epoch"], meta["history"], meta["elapsed"]
