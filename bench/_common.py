@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from robust_mnv1.data import Split
 from robust_mnv1.errors import UserError
-from robust_mnv1.train import Objective, fit
+from robust_mnv1.train import Objective, cudnn_autotuning, fit
 from robust_mnv1.zoo import resolve_device
 
 IMAGE_SIZE = 32
@@ -65,7 +65,6 @@ def setup(parser: argparse.ArgumentParser, args: argparse.Namespace) -> torch.de
             parser.error(f"--threads must be at least 1, got {threads}")
         torch.set_num_threads(threads)
     try:
-        # The project's device set-up (cuDNN autotuning on CUDA) applies to every path measured.
         return resolve_device(args.device or "auto")
     except UserError as err:
         parser.error(str(err))
@@ -215,9 +214,9 @@ class PlainLoop:
     """The baseline: a hand-written eager training loop over float batches already on the device.
 
     Same model, batch size, optimizer (SGD, momentum, Nesterov, weight decay) and precision policy as
-    :mod:`robust_mnv1.train` (fp32 on CPU; bf16 autocast and channels_last on CUDA), but no loader,
-    augmentation, schedule or bookkeeping. With ``pgd`` each step first crafts the batch with a
-    hand-written sign-gradient PGD, the model in eval mode, then trains on it.
+    :mod:`robust_mnv1.train` (fp32 on CPU; bf16 autocast, channels_last and cuDNN autotuning on
+    CUDA), but no loader, augmentation, schedule or bookkeeping. With ``pgd`` each step first crafts
+    the batch with a hand-written sign-gradient PGD, the model in eval mode, then trains on it.
 
     Args:
         model: the network; moved to ``device`` and trained in place.
@@ -284,7 +283,8 @@ class PlainLoop:
     def warm_up(self) -> None:
         """One untimed step, paying the one-off costs (kernel selection, allocations, optimizer state)."""
         self.model.train()
-        self._step(*self.batches[0])
+        with cudnn_autotuning(self.cuda):
+            self._step(*self.batches[0])
         synchronize(self.device)
 
     def run(self) -> Throughput:
@@ -293,8 +293,9 @@ class PlainLoop:
         synchronize(self.device)
         reset_peak_memory(self.device)
         start = time.perf_counter()
-        for x, y in self.batches:
-            self._step(x, y)
+        with cudnn_autotuning(self.cuda):
+            for x, y in self.batches:
+                self._step(x, y)
         synchronize(self.device)
         seconds = time.perf_counter() - start
         images = sum(len(y) for _, y in self.batches)

@@ -180,8 +180,6 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but no CUDA device is available")
-    # As the suite runs (robust_mnv1.zoo.resolve_device); process-wide, so every library gets it.
-    torch.backends.cudnn.benchmark = device.type == "cuda"
     batch = args.batch or (16 if args.quick else 128)
     alpha = args.alpha or (0.25 if args.quick else 1.0)
     fit_steps = args.fit_steps if args.fit_steps is not None else (150 if args.quick else 200)

@@ -95,7 +95,7 @@ def fit(
     use it to kill a run part-way. ``cuda_graph`` replays each step from a CUDA graph
     (:class:`robust_mnv1.step.CapturedStep`); it needs a CUDA ``device``.
     """
-    with _exclusive(Path(run_dir)):
+    with _exclusive(Path(run_dir)), cudnn_autotuning(device.type == "cuda"):
         return _fit(
             model,
             train,
@@ -110,6 +110,19 @@ def fit(
             on_epoch_end=on_epoch_end,
             cuda_graph=cuda_graph,
         )
+
+
+def cudnn_autotuning(on: bool):
+    """A context in which cuDNN searches for the fastest algorithm of each new convolution shape.
+
+    Training repeats a few shapes thousands of times, so the search pays off there. Nowhere else:
+    attacks shrink their batch as samples break, and searching again for every new shape made a
+    GPU PGD run many times slower than with cuDNN's heuristics.
+    """
+    cudnn = torch.backends.cudnn
+    return cudnn.flags(
+        enabled=cudnn.enabled, benchmark=on, deterministic=cudnn.deterministic, allow_tf32=cudnn.allow_tf32
+    )
 
 
 @contextmanager

@@ -28,12 +28,7 @@ def resolve_device(name: str) -> torch.device:
         raise UserError(f"device={name} asked for, but no CUDA device is available; use device=cpu")
     if name != "cpu" and not name.startswith("cuda"):
         raise UserError(f"unknown device {name!r}; valid choices: auto, cpu, cuda, cuda:N")
-    device = torch.device(name)
-    if device.type == "cuda":
-        # Shapes repeat for thousands of steps, so cuDNN's one-off search for the fastest
-        # algorithm per shape pays for itself many times over.
-        torch.backends.cudnn.benchmark = True
-    return device
+    return torch.device(name)
 
 
 def use_cuda_graph(cfg: DictConfig, device: torch.device) -> bool:
