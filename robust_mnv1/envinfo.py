@@ -28,11 +28,13 @@ def device_name(device: torch.device) -> str:
 
 
 def git_commit() -> str | None:
-    """HEAD of the checkout this code runs from, with ``-dirty`` when it has uncommitted changes.
+    """The commit of the code, with ``-dirty`` when it has uncommitted changes.
 
-    Where the code runs from a copy without ``.git`` (a remote GPU machine), the commit comes from
-    ``ROBUST_MNV1_GIT_COMMIT``, which the launching script sets (scripts/gpu_slice.sh).
+    ``ROBUST_MNV1_GIT_COMMIT`` wins when set: a launching script that copies the code to another
+    machine (scripts/gpu_slice.sh) knows the commit better than whatever ``.git`` travelled along.
     """
+    if os.environ.get("ROBUST_MNV1_GIT_COMMIT"):
+        return os.environ["ROBUST_MNV1_GIT_COMMIT"]
     root = Path(__file__).resolve().parents[1]
     try:
         sha = subprocess.run(
@@ -46,7 +48,7 @@ def git_commit() -> str | None:
             check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("ROBUST_MNV1_GIT_COMMIT")
+        return None
     return sha[:12] + ("-dirty" if dirty else "")
 
 

@@ -3,27 +3,30 @@
 # performance issue, then as much of the CIFAR-10 (JPEG q75) study as the time left allows.
 # Run scripts/gpu_wheels.sh here first, then:
 #   run(command="bash scripts/gpu_slice.sh", carry=[".whl", ".gpu-data"], timeout_s=600)
-# STAGES picks the stages (default: all, in this order); a later slice that only continues the
-# study runs `STAGES=study bash scripts/gpu_slice.sh`. Each stage's log lands in $OUT/<stage>.log;
-# the study's records come back in $OUT/runs.tgz: unpack it into results/ here and commit.
+# STAGES picks the stages (default below, run in the order given); a later slice that only
+# continues the study runs `STAGES=study bash scripts/gpu_slice.sh`. All output lands in
+# $OUT/slice.log (the tool returns at most 8 files: none per stage); the records come back in
+# $OUT/runs.tgz: unpack it into results/ here (`tar xzf runs.tgz`) and commit them.
 # The study resumes per record: records already committed in results/runs/ are skipped.
 set -uo pipefail
 start=$SECONDS
 budget=${SLICE_SECONDS:-565}
-stages=${STAGES:-"test train_bench attacks profile accuracy study"}
+# profile and accuracy ran on 2026-11-28 (numbers in the notes); name them in STAGES to rerun.
+stages=${STAGES:-"test train_bench attacks study"}
 out=${OUT:-/tmp/gpu-slice}
 mkdir -p "$out"
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TQDM_DISABLE=1 ROBUST_MNV1_CACHE=/tmp/robust_mnv1_cache
-# The machine gets a copy of the files without .git: records name the commit gpu_wheels.sh saw.
-[ -d .git ] || export ROBUST_MNV1_GIT_COMMIT="$(cat .gpu-data/COMMIT)"
+# Records name the commit gpu_wheels.sh saw here: the .git that travels may be stale.
+export ROBUST_MNV1_GIT_COMMIT="$(cat .gpu-data/COMMIT)"
 data=(data=imagefolder data.root=.gpu-data/cifar10-jpeg.tar.gz)
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$out/gpu.txt"
+log=$out/slice.log
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$log"
 
 left() { echo $((budget - (SECONDS - start))); }
 
 # step NAME LIMIT CMD...: run CMD for at most LIMIT seconds (less if the slice is running out),
-# with its output in $OUT/NAME.log; returns CMD's exit status.
+# its output appended to $OUT/slice.log; returns CMD's exit status.
 step() {
     local name=$1 limit=$2
     shift 2
@@ -32,10 +35,10 @@ step() {
         echo "== $name: skipped, the slice's time is used up"
         return 1
     fi
-    echo "== $name: up to ${limit}s ($(left)s left in the slice)"
-    timeout --signal=INT --kill-after=20 "$limit" "$@" 2>&1 | tr '\r' '\n' | tee "$out/$name.log"
+    echo "== $name: up to ${limit}s ($(left)s left in the slice)" | tee -a "$log"
+    timeout --signal=INT --kill-after=20 "$limit" "$@" 2>&1 | tr '\r' '\n' | tee -a "$log"
     local rc=${PIPESTATUS[0]}
-    echo "== $name: exit $rc after $((SECONDS - start))s of the slice"
+    echo "== $name: exit $rc after $((SECONDS - start))s of the slice" | tee -a "$log"
     return "$rc"
 }
 
