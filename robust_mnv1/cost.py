@@ -287,16 +287,20 @@ def _main(cfg: DictConfig) -> None:
     model = model_from_config(cfg)
     print(report(model))
     if cfg.profile:
-        from robust_mnv1.layer_timing import kind_shares, time_layers
+        from robust_mnv1.layer_timing import kind_shares, profile_record, save_profile, time_layers
         from robust_mnv1.zoo import resolve_device
 
         device = resolve_device(cfg.device)
         timing = time_layers(model, device, batch=cfg.profile_batch, reps=cfg.profile_reps)
+        shares = kind_shares(model, timing)
         print(
             f"\nmeasured time by layer kind on {device} (batch {cfg.profile_batch}, eval mode, "
             f"each conv unit = conv + BN + ReLU, median of {cfg.profile_reps}):"
         )
-        print(kind_shares(model, timing).to_string(float_format=lambda v: f"{v:.2f}"))
+        print(shares.to_string(float_format=lambda v: f"{v:.2f}"))
+        if cfg.profile_out:
+            record = profile_record(model, device, shares, batch=cfg.profile_batch, reps=cfg.profile_reps)
+            print(f"saved {save_profile(record, cfg.profile_out)}")
 
 
 def main() -> None:

@@ -4,16 +4,25 @@ The paper notes that 1x1 convolutions hold ~95% of MobileNet's mult-adds and map
 GEMM, while depthwise convolutions are little math but memory-bound. This module measures the
 picture on the current device: each conv unit (conv + BN + ReLU) and the classifier is timed on
 its own, on the exact input it sees in a real forward pass, so kinds can be compared directly.
+
+``profile_out=DIR`` on the cost CLI saves the result as a JSON record in ``DIR``; the leaderboard
+renders the records in ``results/profiles/`` as its per-layer latency notes.
 """
 
 from __future__ import annotations
 
+import re
 import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
 
+from robust_mnv1.atomic import atomic_write_json
 from robust_mnv1.cost import layer_costs
+from robust_mnv1.envinfo import environment
 from robust_mnv1.models.mobilenet_v1 import ConvBNReLU, MobileNetV1
 
 
@@ -72,3 +81,29 @@ def kind_shares(model: MobileNetV1, timing: pd.DataFrame) -> pd.DataFrame:
     )
     out["time_per_mult_add_vs_avg"] = out["time_%"] / out["mult_adds_%"]
     return out
+
+
+def profile_record(
+    model: MobileNetV1, device: torch.device, shares: pd.DataFrame, *, batch: int, reps: int
+) -> dict[str, Any]:
+    """What :func:`kind_shares` measured, with the model, the settings and the environment."""
+    return {
+        "kind": "layer-profile",
+        "schema_version": 1,
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "model": model.name,
+        "batch": batch,
+        "reps": reps,
+        "threads": torch.get_num_threads() if device.type == "cpu" else None,
+        "env": environment(device),
+        "kinds": [
+            {"kind": kind, **{k: round(float(v), 4) for k, v in row.items()}}
+            for kind, row in shares.iterrows()
+        ],
+    }
+
+
+def save_profile(record: dict[str, Any], out_dir: str | Path) -> Path:
+    """Write ``record`` atomically to ``out_dir/<model>__<device>.json`` (one file per model and device)."""
+    device = re.sub(r"[^a-z0-9]+", "-", record["env"]["device"].lower()).strip("-")
+    return atomic_write_json(Path(out_dir) / f"{record['model']}__{device}.json", record)

@@ -30,7 +30,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from robust_mnv1.errors import UserError
-from robust_mnv1.records import REGIMES, decode_mask, load_records
+from robust_mnv1.records import REGIMES, decode_mask, load_profiles, load_records
 from robust_mnv1.stats import spearman_with_ci, wilson_ci
 
 REGIME_LABELS = {"standard": "standard", "pgd-at": "PGD-AT", "fast-at": "fast-AT", "trades": "TRADES"}
@@ -540,8 +540,40 @@ def _reading_notes(rows: pd.DataFrame) -> list[str]:
     return notes
 
 
-def render_markdown(records: Sequence[Mapping[str, Any]], table: pd.DataFrame | None = None) -> str:
-    """The leaderboard page: one section (protocol, table, findings) per dataset, then figures.
+def _profile_lines(profiles: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The per-layer latency notes: one table row per (device, model, layer kind)."""
+    out = [
+        "",
+        "## Per-layer latency",
+        "",
+        "Time per layer kind (each conv unit = conv + BN + ReLU, eval mode, median of repeated timings) "
+        "next to its share of mult-adds, from `python -m robust_mnv1.cost profile=true "
+        "profile_out=results/profiles`. The paper: 1x1 (pointwise) convs hold ~95% of the mult-adds and "
+        "map onto GEMM; depthwise convs are little math but memory-bound, so they take far more than "
+        "their share of time.",
+        "",
+        "| device | model | batch | torch | layer kind | time (ms) | time % | mult-adds % "
+        "| time share / mult-add share |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p in profiles:
+        device = p["env"]["device"] + (f", {p['threads']} thread(s)" if p.get("threads") else "")
+        for row in p["kinds"]:
+            out.append(
+                f"| {device} | {p['model']} | {p['batch']} | {p['env'].get('torch', 'n/a')} | {row['kind']} "
+                f"| {row['time_ms']:.2f} | {row['time_%']:.1f} | {row['mult_adds_%']:.2f} "
+                f"| {row['time_per_mult_add_vs_avg']:.2f} |"
+            )
+    return out
+
+
+def render_markdown(
+    records: Sequence[Mapping[str, Any]],
+    table: pd.DataFrame | None = None,
+    profiles: Sequence[Mapping[str, Any]] = (),
+) -> str:
+    """The leaderboard page: one section (protocol, table, findings) per dataset, the per-layer
+    latency notes when there are ``profiles``, then figures.
 
     ``table`` defaults to ``build_table(records)``; pass it to avoid recomputing it.
     """
@@ -596,6 +628,8 @@ def render_markdown(records: Sequence[Mapping[str, Any]], table: pd.DataFrame | 
         if costs:
             out += ["", "### Clean-accuracy cost of fine-tuning", ""]
             out += [f"- {c}" for c in costs]
+    if profiles:
+        out += _profile_lines(profiles)
     out += ["", "## Figures", ""]
     out += [f"![{name}](figures/{name}.png)" for name in FIGURES]
     return "\n".join(out) + "\n"
@@ -766,7 +800,8 @@ def _plot_gain(table: pd.DataFrame, path: Path) -> None:
 
 
 def generate(results_dir: str | Path) -> dict[str, Path]:
-    """Regenerate the markdown, CSV and figures from ``results_dir/runs/*.json``.
+    """Regenerate the markdown, CSV and figures from ``results_dir/runs/*.json`` (and the latency
+    notes from ``results_dir/profiles/*.json``).
 
     Returns the written paths keyed ``markdown``, ``csv`` and one key per figure name. Raises
     :class:`UserError` when there is no valid record.
@@ -778,7 +813,8 @@ def generate(results_dir: str | Path) -> dict[str, Path]:
         raise UserError(f"no valid run records in {runs}; run the study first (it writes runs/<run_id>.json)")
     table = build_table(records)
     paths = {"markdown": results_dir / "leaderboard.md", "csv": results_dir / "leaderboard.csv"}
-    paths["markdown"].write_text(render_markdown(records, table), encoding="utf-8")
+    profiles = load_profiles(results_dir / "profiles")
+    paths["markdown"].write_text(render_markdown(records, table, profiles), encoding="utf-8")
     csv = table.to_csv(index=False, float_format="%.6g", lineterminator="\n")
     paths["csv"].write_text(csv, encoding="utf-8")
     figures = results_dir / "figures"

@@ -390,7 +390,7 @@ def write_record(record: Mapping[str, Any], runs_dir: str | Path) -> Path:
 
 
 def _skip(path: Path, reason: str) -> None:
-    warnings.warn(f"skipping run record {path}: {reason}", RecordWarning, stacklevel=3)
+    warnings.warn(f"skipping record {path}: {reason}", RecordWarning, stacklevel=3)
 
 
 def load_records(runs_dir: str | Path) -> list[dict[str, Any]]:
@@ -423,3 +423,39 @@ def load_records(runs_dir: str | Path) -> list[dict[str, Any]]:
             continue
         records.append(record)
     return records
+
+
+PROFILE_KEYS = ("model", "batch", "env", "kinds")
+PROFILE_KIND_KEYS = ("kind", "time_ms", "time_%", "mult_adds_%", "time_per_mult_add_vs_avg")
+
+
+def load_profiles(profiles_dir: str | Path) -> list[dict[str, Any]]:
+    """Read the per-layer latency records (``python -m robust_mnv1.cost profile=true profile_out=DIR``).
+
+    Sorted by file name; a missing directory gives an empty list; malformed files are skipped
+    with a :class:`RecordWarning`, as :func:`load_records` does.
+    """
+    profiles_dir = Path(profiles_dir)
+    if not profiles_dir.is_dir():
+        return []
+    profiles = []
+    for path in sorted(profiles_dir.glob("*.json")):
+        if path.name.startswith("."):
+            continue
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            _skip(path, f"unreadable JSON ({exc})")
+            continue
+        if not (
+            isinstance(record, dict)
+            and record.get("kind") == "layer-profile"
+            and all(k in record for k in PROFILE_KEYS)
+            and all(
+                isinstance(row, dict) and all(k in row for k in PROFILE_KIND_KEYS) for row in record["kinds"]
+            )
+        ):
+            _skip(path, "not a layer-profile record")
+            continue
+        profiles.append(record)
+    return profiles

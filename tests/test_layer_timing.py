@@ -1,5 +1,7 @@
-"""Per-layer timing: every conv unit and the classifier is timed, and shares add up."""
+"""Per-layer timing: every conv unit and the classifier is timed, shares add up, and the saved
+profile record reads back into the leaderboard's latency notes."""
 
+import json
 import subprocess
 import sys
 
@@ -7,7 +9,9 @@ import pytest
 import torch
 
 from robust_mnv1.layer_timing import kind_shares, time_layers
+from robust_mnv1.leaderboard import render_markdown
 from robust_mnv1.models import build_model
+from robust_mnv1.records import RecordWarning, load_profiles
 
 from .conftest import REPO
 
@@ -23,7 +27,7 @@ def test_time_layers_covers_every_layer_and_shares_sum_to_100():
     assert shares["mult_adds_%"].sum() == pytest.approx(100)
 
 
-def test_cost_cli_profile_prints_time_shares():
+def test_cost_cli_profile_prints_and_saves_time_shares(tmp_path):
     proc = subprocess.run(
         [
             sys.executable,
@@ -33,6 +37,7 @@ def test_cost_cli_profile_prints_time_shares():
             "profile=true",
             "profile_batch=2",
             "profile_reps=2",
+            f"profile_out={tmp_path}",
         ],
         cwd=REPO,
         capture_output=True,
@@ -42,3 +47,23 @@ def test_cost_cli_profile_prints_time_shares():
     assert proc.returncode == 0, proc.stderr
     assert "measured time by layer kind" in proc.stdout
     assert "depthwise" in proc.stdout.split("measured time by layer kind")[1]
+
+    (saved,) = tmp_path.glob("*.json")
+    assert saved.name.startswith("MobileNetV1-0.25-32px__cpu")
+    (profile,) = load_profiles(tmp_path)
+    assert profile["batch"] == 2 and profile["threads"] >= 1
+    assert {row["kind"] for row in profile["kinds"]} == {"conv", "depthwise", "pointwise", "fc"}
+    assert sum(row["time_%"] for row in profile["kinds"]) == pytest.approx(100, abs=0.01)
+    depthwise = next(r for r in profile["kinds"] if r["kind"] == "depthwise")
+    page = render_markdown([], profiles=[profile])
+    assert "## Per-layer latency" in page
+    assert f"| depthwise | {depthwise['time_ms']:.2f} | {depthwise['time_%']:.1f} |" in page
+
+
+def test_load_profiles_skips_what_is_not_a_profile(tmp_path):
+    (tmp_path / "run.json").write_text(json.dumps({"kind": "run", "model": "m"}))
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.warns(RecordWarning) as caught:
+        assert load_profiles(tmp_path) == []
+    assert len(caught) == 2
+    assert load_profiles(tmp_path / "missing") == []
