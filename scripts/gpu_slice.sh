@@ -6,13 +6,13 @@
 # STAGES picks the stages (default below, run in the order given); a later slice that only
 # continues the study runs `STAGES=study bash scripts/gpu_slice.sh`. All output lands in
 # $OUT/slice.log (the tool returns at most 8 files: none per stage); the records come back in
-# $OUT/runs.tgz: unpack it into results/ here (`tar xzf runs.tgz`) and commit them.
+# $OUT/runs.tgz and $OUT/profiles.tgz: unpack them here (`tar xzf runs.tgz`) and commit them.
 # The study resumes per record: records already committed in results/runs/ are skipped.
 set -uo pipefail
 start=$SECONDS
 budget=${SLICE_SECONDS:-565}
-# profile and accuracy ran on 2026-11-28 (numbers in the notes); name them in STAGES to rerun.
-stages=${STAGES:-"test train_bench attacks study"}
+# accuracy ran on 2026-11-28 (docs/performance.md); name it in STAGES to rerun.
+stages=${STAGES:-"test train_bench attacks profile study"}
 out=${OUT:-/tmp/gpu-slice}
 mkdir -p "$out"
 python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl || exit 1
@@ -59,7 +59,9 @@ for stage in $stages; do
         step attacks_big 40 python3 bench/attacks_bench.py --device cuda --batch 5000 --alpha 1.0 --libs native
         ;;
     profile)
-        step profile 40 python3 -m robust_mnv1.cost profile=true device=cuda profile_batch=512
+        step profile 40 python3 -m robust_mnv1.cost profile=true device=cuda profile_batch=512 \
+            profile_out=results/profiles
+        tar czf "$out/profiles.tgz" results/profiles
         ;;
     accuracy)
         # Equal epochs with and without CUDA graphs (separate model caches, one decoded dataset).
