@@ -4,9 +4,10 @@
 # Run scripts/gpu_wheels.sh here first, then:
 #   run(command="bash scripts/gpu_slice.sh", carry=[".whl", ".gpu-data"], timeout_s=600)
 # STAGES picks the stages (default below, run in the order given); a later slice that only
-# continues the study runs `STAGES=study bash scripts/gpu_slice.sh`. All output lands in
-# $OUT/slice.log (the tool returns at most 8 files: none per stage); the records come back in
-# $OUT/runs.tgz and $OUT/profiles.tgz: unpack them here (`tar xzf runs.tgz`) and commit them.
+# continues the study runs `STAGES=study bash scripts/gpu_slice.sh` (then `STAGES="study seeds"`
+# once the 7 models are done). All output lands in $OUT/slice.log (the tool returns at most 8
+# files: none per stage); the records come back in $OUT/runs.tgz and $OUT/profiles.tgz: unpack
+# them here (`tar xzf runs.tgz`) and commit them.
 # The study resumes per record: records already committed in results/runs/ are skipped.
 set -uo pipefail
 start=$SECONDS
@@ -76,6 +77,16 @@ for stage in $stages; do
         step study 600 python3 -m robust_mnv1.run experiment=study device=cuda "${data[@]}" cuda_graph=$graph \
             attack.fgsm.batch_size=2500 attack.pgd.batch_size=2500 attack.cw.batch_size=1000 \
             hydra.run.dir=/tmp/hydra-study
+        tar czf "$out/runs.tgz" results/runs
+        ;;
+    seeds)
+        # Seeds 1 and 2 of the widest and narrowest model, for seed variance next to the CIs.
+        for seed in 1 2; do
+            step "study_seed$seed" 600 python3 -m robust_mnv1.run experiment=study device=cuda "${data[@]}" \
+                cuda_graph=$graph seed=$seed 'study.grid=[{alpha:1.0,rho:1.0},{alpha:0.25,rho:1.0}]' \
+                attack.fgsm.batch_size=2500 attack.pgd.batch_size=2500 attack.cw.batch_size=1000 \
+                hydra.run.dir=/tmp/hydra-seed$seed
+        done
         tar czf "$out/runs.tgz" results/runs
         ;;
     *) echo "unknown stage $stage" ;;
