@@ -1,5 +1,5 @@
-"""The committed leaderboards are exactly what their committed records generate, and the README
-section is a copy of them: regenerate from the records into a temp dir and compare bytes."""
+"""The committed leaderboards are exactly what their committed records (runs and latency profiles)
+generate, and the README section is a copy of them: regenerate into a temp dir and compare bytes."""
 
 import shutil
 
@@ -17,7 +17,9 @@ PUBLISHED = [
 
 @pytest.mark.parametrize("results", PUBLISHED, ids=[d.name for d in PUBLISHED])
 def test_leaderboard_regenerates_byte_identically(results, tmp_path):
-    shutil.copytree(results / "runs", tmp_path / "runs")
+    for inputs in ("runs", "profiles"):
+        if (results / inputs).is_dir():
+            shutil.copytree(results / inputs, tmp_path / inputs)
     generate(tmp_path)
     for name in ("leaderboard.md", "leaderboard.csv"):
         assert (tmp_path / name).read_bytes() == (results / name).read_bytes(), f"{results / name} is stale"
