@@ -313,17 +313,18 @@ def compare_training(
     device: torch.device,
     seed: int,
     repeats: int = 1,
+    eager: bool = True,
 ) -> dict[str, list[Throughput]]:
     """Throughputs of the same training over ``split``, ``repeats`` runs of each path, by path name.
 
     ``"project"``: ``model`` through :func:`project_fit` with ``objective``, as the suite trains on
-    this device (CUDA graphs on CUDA); on CUDA also ``"project eager"``, the same without graphs, to
-    show what the graphs buy. ``"plain"``: ``baseline_model`` through :class:`PlainLoop` with
-    ``pgd``, warmed up by one untimed step. The timed runs alternate in ABBA order, so drift in the
-    machine's load and allocator state falls on all paths.
+    this device (CUDA graphs on CUDA); with ``eager``, on CUDA also ``"project eager"``, the same
+    without graphs, to show what the graphs buy. ``"plain"``: ``baseline_model`` through
+    :class:`PlainLoop` with ``pgd``, warmed up by one untimed step. The timed runs alternate in ABBA
+    order, so drift in the machine's load and allocator state falls on all paths.
     """
     cuda = device.type == "cuda"
-    modes = {"project": cuda, **({"project eager": False} if cuda else {})}
+    modes = {"project": cuda, **({"project eager": False} if cuda and eager else {})}
     plain = PlainLoop(model=baseline_model, split=split, tcfg=tcfg, device=device, pgd=pgd)
     plain.warm_up()
     runs: dict[str, list[Throughput]] = {"plain": [], **{name: [] for name in modes}}

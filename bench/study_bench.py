@@ -210,6 +210,7 @@ def main(argv: list[str] | None = None) -> None:
         pgd=None,
         device=device,
         seed=seed,
+        eager=False,
     )
     (project,), (base,) = runs["project"], runs["plain"]
     rows.append(
@@ -244,6 +245,7 @@ def main(argv: list[str] | None = None) -> None:
         pgd=PGDSpec.from_recipe(fcfg),
         device=device,
         seed=seed,
+        eager=False,
     )
     (project,), (base,) = runs["project"], runs["plain"]
     rows.append(

@@ -43,19 +43,17 @@ def load_checkpoint(
         raise UserError(f"checkpoint not found: {path}")
     with open(path, "rb") as f:
         head = f.read(8)
+    pickled = UserError(
+        f"refusing to load {path}: it is a pickle/torch.save file; only .safetensors checkpoints are read"
+    )
     if path.suffix in {".pt", ".pth", ".pkl", ".ckpt"}:
-        raise UserError(
-            f"refusing to load {path}: it is a pickle/torch.save file; only .safetensors checkpoints are read"
-        )
+        raise pickled
     try:
         tensors = load_file(str(path), device=str(device))
     except (SafetensorError, OSError, ValueError) as e:
         # Only now look for pickle magic: a valid safetensors header length can start with 0x80.
         if head.startswith(_PICKLE_MAGICS):
-            raise UserError(
-                f"refusing to load {path}: it is a pickle/torch.save file; only .safetensors checkpoints "
-                "are read"
-            ) from None
+            raise pickled from None
         raise UserError(
             f"corrupt checkpoint {path}: {str(e).splitlines()[0]}; delete it to retrain"
         ) from None

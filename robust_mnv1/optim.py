@@ -58,6 +58,8 @@ class TensorLRSGD:
             bufs = self.buffers[start : start + len(params)]
             start += len(params)
             grads = [p.grad for p in params]
+            if any(g is None for g in grads):
+                raise RuntimeError("TensorLRSGD.step: a parameter has no gradient (unused or frozen?)")
             if wd:
                 grads = torch._foreach_add(grads, params, alpha=wd)
             torch._foreach_mul_(bufs, self.momentum)

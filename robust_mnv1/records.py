@@ -429,6 +429,14 @@ PROFILE_KEYS = ("model", "batch", "env", "kinds")
 PROFILE_KIND_KEYS = ("kind", "time_ms", "time_%", "mult_adds_%", "time_per_mult_add_vs_avg")
 
 
+def _profile_row_ok(row: Any) -> bool:
+    return (
+        isinstance(row, dict)
+        and all(k in row for k in PROFILE_KIND_KEYS)
+        and all(isinstance(row[k], int | float) for k in PROFILE_KIND_KEYS[1:])
+    )
+
+
 def load_profiles(profiles_dir: str | Path) -> list[dict[str, Any]]:
     """Read the per-layer latency records (``python -m robust_mnv1.cost profile=true profile_out=DIR``).
 
@@ -451,9 +459,8 @@ def load_profiles(profiles_dir: str | Path) -> list[dict[str, Any]]:
             isinstance(record, dict)
             and record.get("kind") == "layer-profile"
             and all(k in record for k in PROFILE_KEYS)
-            and all(
-                isinstance(row, dict) and all(k in row for k in PROFILE_KIND_KEYS) for row in record["kinds"]
-            )
+            and isinstance(record["kinds"], list)
+            and all(_profile_row_ok(row) for row in record["kinds"])
         ):
             _skip(path, "not a layer-profile record")
             continue

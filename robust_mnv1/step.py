@@ -62,7 +62,8 @@ class EagerStep:
 class CapturedStep(EagerStep):
     """The same step, captured into a CUDA graph at the first call and replayed after that.
 
-    Every call must pass batches of one shape (``fit`` drops the last short batch). The warm-up
+    Every call must pass batches of one shape (``fit`` drops the last short batch), and returns the
+    same two output tensors, which the next call overwrites: read them before that. The warm-up
     steps before capture would otherwise train the model on the first batch several times, so the
     model's and optimizer's state is restored after them: the captured run makes the same updates
     as the eager one, up to the run-to-run nondeterminism of GPU kernels.
@@ -76,12 +77,14 @@ class CapturedStep(EagerStep):
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         inputs = (x, y) if self.draw is None else (x, y, self.draw(x))
-        if self.graph is None:
-            self._capture(inputs)
-        with torch.no_grad():  # an objective may have made its start tensor a leaf that requires grad
-            for static, value in zip(self.inputs, inputs, strict=True):
-                static.copy_(value)
-        self.graph.replay()
+        # Capture and replay on the step's own GPU, whichever is current (device=cuda:1).
+        with torch.cuda.device(self.device):
+            if self.graph is None:
+                self._capture(inputs)
+            with torch.no_grad():  # an objective may have made its start tensor a leaf that requires grad
+                for static, value in zip(self.inputs, inputs, strict=True):
+                    static.copy_(value)
+            self.graph.replay()
         return self.outputs
 
     def _capture(self, inputs: tuple[torch.Tensor, ...]) -> None:

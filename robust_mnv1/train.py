@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from robust_mnv1.checkpoint import load_checkpoint, save_checkpoint, sidecar
 from robust_mnv1.data import DeviceLoader, Split
+from robust_mnv1.errors import UserError
 from robust_mnv1.optim import TensorLRSGD
 from robust_mnv1.step import CapturedStep, EagerStep, autocast_for
 
@@ -231,6 +232,8 @@ def _fit(
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1)
 
+    # A captured step's gradients live in its graph's memory pool; dropping them frees the pool.
+    opt.zero_grad()
     done = {
         **(meta or {}),
         "epochs": tcfg.epochs,
@@ -253,6 +256,8 @@ def _save_last(path: Path, model, opt, epoch: int, history: list, elapsed: float
 def _resume(path: Path, model, opt, device) -> tuple[int, list, float]:
     tensors, meta = load_checkpoint(path, device)
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    if any(f"opt.{i}" not in tensors for i in range(len(opt.buffers))):
+        raise UserError(f"checkpoint {path} lacks optimizer state; delete it to restart that training run")
     with torch.no_grad():
         for i, buf in enumerate(opt.buffers):
             buf.copy_(tensors[f"opt.{i}"])

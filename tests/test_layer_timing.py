@@ -63,7 +63,10 @@ def test_cost_cli_profile_prints_and_saves_time_shares(tmp_path):
 def test_load_profiles_skips_what_is_not_a_profile(tmp_path):
     (tmp_path / "run.json").write_text(json.dumps({"kind": "run", "model": "m"}))
     (tmp_path / "broken.json").write_text("{")
+    row = {"kind": "fc", "time_ms": "fast", "time_%": 1, "mult_adds_%": 1, "time_per_mult_add_vs_avg": 1}
+    text = {"kind": "layer-profile", "model": "m", "batch": 1, "env": {"device": "cpu"}, "kinds": [row]}
+    (tmp_path / "text.json").write_text(json.dumps(text))
     with pytest.warns(RecordWarning) as caught:
         assert load_profiles(tmp_path) == []
-    assert len(caught) == 2
+    assert len(caught) == 3
     assert load_profiles(tmp_path / "missing") == []

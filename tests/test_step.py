@@ -72,6 +72,14 @@ def test_zero_lr_leaves_parameters_but_momentum_moves():
     assert any(buf.abs().sum() > 0 for buf in opt.buffers)
 
 
+def test_tensor_lr_sgd_names_a_parameter_without_gradient():
+    model = _mlp(0)
+    opt = TensorLRSGD([(list(model.parameters()), 0.0)], lr=0.1, momentum=0.9, nesterov=True)
+    F.cross_entropy(model[0](torch.randn(2, 12))[:, :3], torch.tensor([0, 1])).backward()
+    with pytest.raises(RuntimeError, match="no gradient"):
+        opt.step()
+
+
 def test_eager_step_feeds_draw_to_the_objective():
     torch.manual_seed(0)
     model = build_model(alpha=0.25, profile="cifar", num_classes=10)
