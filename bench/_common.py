@@ -214,7 +214,7 @@ class PlainLoop:
     """The baseline: a hand-written eager training loop over float batches already on the device.
 
     Same model, batch size, optimizer (SGD, momentum, Nesterov, weight decay) and precision policy as
-    :mod:`robust_mnv1.train` (fp32 on CPU; bf16 autocast, channels_last and cuDNN autotuning on
+    :mod:`robust_mnv1.train` (channels_last; fp32 on CPU; bf16 autocast and cuDNN autotuning on
     CUDA), but no loader, augmentation, schedule or bookkeeping. With ``pgd`` each step first crafts
     the batch with a hand-written sign-gradient PGD, the model in eval mode, then trains on it.
 
@@ -238,9 +238,8 @@ class PlainLoop:
         self.cuda = device.type == "cuda"
         self.device = device
         self.pgd = pgd
-        fmt = torch.channels_last if self.cuda else torch.contiguous_format
-        self.model = model.to(device, memory_format=fmt)
-        x = split.x.to(device).float().div_(255).contiguous(memory_format=fmt)
+        self.model = model.to(device, memory_format=torch.channels_last)
+        x = split.x.to(device).float().div_(255).contiguous(memory_format=torch.channels_last)
         y = split.y.to(device)
         n = len(split) // tcfg.batch_size * tcfg.batch_size
         self.batches = list(zip(x[:n].split(tcfg.batch_size), y[:n].split(tcfg.batch_size), strict=True))

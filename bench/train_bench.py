@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
         "excludes set-up, the first epoch's warm-up and the checkpoints)",
         *(["eager: the same fit without CUDA graphs"] if device.type == "cuda" else []),
         "plain: hand-written loop over float batches already on the device"
-        + (", bf16 autocast + channels_last" if device.type == "cuda" else ", fp32"),
+        + (", bf16 autocast + channels_last" if device.type == "cuda" else ", fp32 + channels_last"),
         "pgd7: 7 sign-gradient steps of 2/255 in the 8/255 L-inf ball from a random start, model in eval "
         "mode while crafting; img/s counts training images",
         f"each figure: best of {plan.repeats} timed run(s); plain after one untimed warm-up step",

@@ -145,9 +145,9 @@ def _fit(
     model, train, test, tcfg, *, device, seed, run_dir, objective, desc, meta, on_epoch_end, cuda_graph
 ) -> dict[str, Any]:
     final, last = run_dir / "final.safetensors", run_dir / "last.safetensors"
-    model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    # channels_last on every device: 1.5-1.75x faster steps on CPU as well as on GPU tensor cores
+    # (bench/layout_bench.py). Attacks on the returned model inherit its layout.
+    model.to(device, memory_format=torch.channels_last)
     if sidecar(final).exists():
         state, done = load_checkpoint(final, device)
         model.load_state_dict(state)
@@ -172,7 +172,7 @@ def _fit(
         augment=tcfg.augment,
         drop_last=True,
         seed=seed,
-        memory_format=torch.channels_last if device.type == "cuda" else torch.contiguous_format,
+        memory_format=torch.channels_last,
     )
     total_steps = tcfg.epochs * len(loader)
     history: list[dict[str, Any]] = []

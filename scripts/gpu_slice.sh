@@ -52,6 +52,7 @@ for stage in $stages; do
         ;;
     train_bench)
         step train_bench 120 python3 bench/train_bench.py --device cuda
+        step layout_bench 40 python3 bench/layout_bench.py --device cuda
         ;;
     attacks)
         step attacks_fp32 100 python3 bench/attacks_bench.py --device cuda --batch 500 --alpha 1.0
