@@ -33,8 +33,11 @@ def _sync(device: torch.device) -> None:
 
 @torch.inference_mode()
 def time_layers(model: MobileNetV1, device: torch.device, *, batch: int = 64, reps: int = 20) -> pd.DataFrame:
-    """Median milliseconds per call of every conv unit and the classifier, one row each (forward order)."""
-    model = model.to(device).eval()
+    """Median milliseconds per call of every conv unit and the classifier, one row each (forward order).
+
+    The model runs in channels_last, the layout the suite trains and attacks in (robust_mnv1.train).
+    """
+    model = model.to(device, memory_format=torch.channels_last).eval()
     units = {
         f"{n}.conv": m
         for n, m in model.features.named_modules(prefix="features")
