@@ -31,6 +31,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from robust_mnv1.cli import preflight, user_errors_exit
+from robust_mnv1.malloc import keep_freed_memory
 from robust_mnv1.models.mobilenet_v1 import ConvBNReLU, MobileNetV1, build_model
 
 __all__ = [
@@ -304,6 +305,7 @@ def _main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    keep_freed_memory()
     preflight(sys.argv[1:], "cost", model_from_config)
     _main()
 

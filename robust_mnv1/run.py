@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from robust_mnv1.cli import preflight, register_experiments, register_resolvers, user_errors_exit
 from robust_mnv1.errors import UserError
+from robust_mnv1.malloc import keep_freed_memory
 
 TASKS = ("train", "study")
 
@@ -57,6 +58,7 @@ def _main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
+    keep_freed_memory()
     register_experiments()
     register_resolvers()
     preflight(sys.argv[1:], "config", validate)

@@ -1,0 +1,38 @@
+"""glibc allocator tuning: applied where glibc is, a no-op elsewhere, never an error."""
+
+from robust_mnv1 import malloc
+
+
+def test_keep_freed_memory_sets_glibc_thresholds():
+    # The development and CI machines run glibc, where mallopt accepts both settings.
+    assert malloc.keep_freed_memory() is True
+
+
+def test_keep_freed_memory_opt_out(monkeypatch):
+    monkeypatch.setenv("ROBUST_MNV1_KEEP_FREED_MEMORY", "0")
+    assert malloc.keep_freed_memory() is False
+
+
+def test_keep_freed_memory_without_glibc_is_a_no_op(monkeypatch):
+    monkeypatch.setattr(malloc.ctypes.util, "find_library", lambda name: None)
+    assert malloc.keep_freed_memory() is False
+
+    def no_library(name):
+        raise OSError("no such library")
+
+    monkeypatch.setattr(malloc.ctypes.util, "find_library", lambda name: "libc.so.6")
+    monkeypatch.setattr(malloc.ctypes, "CDLL", no_library)
+    assert malloc.keep_freed_memory() is False
+
+
+def test_keep_freed_memory_without_mallopt_is_a_no_op(monkeypatch):
+    class NoMallopt:
+        def __init__(self, name):
+            pass
+
+        def __getattr__(self, attr):
+            raise AttributeError(attr)
+
+    monkeypatch.setattr(malloc.ctypes.util, "find_library", lambda name: "libc.dylib")
+    monkeypatch.setattr(malloc.ctypes, "CDLL", NoMallopt)
+    assert malloc.keep_freed_memory() is False
