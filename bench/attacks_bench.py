@@ -52,13 +52,20 @@ def small_cnn() -> nn.Module:
 
 
 def build(alpha: float) -> tuple[nn.Module, str]:
-    """MobileNet V1 from robust_mnv1 if it imports, else the local CNN; returns the model and its name."""
+    """MobileNet V1 from robust_mnv1 if it imports, else the local CNN; returns the model and its name.
+
+    With robust_mnv1 the model is in channels_last and the allocator keeps freed memory, as the
+    suite attacks its models (robust_mnv1.train, robust_mnv1.malloc); every library gets the same.
+    """
     try:
+        from robust_mnv1.malloc import keep_freed_memory
         from robust_mnv1.models import build_model
     except ImportError:
         return small_cnn(), "local small CNN (robust_mnv1.models not importable)"
-    return build_model(alpha=alpha, rho=1.0, profile="cifar", num_classes=NUM_CLASSES), (
-        f"MobileNet V1 alpha={alpha:g}, CIFAR profile"
+    keep_freed_memory()
+    model = build_model(alpha=alpha, rho=1.0, profile="cifar", num_classes=NUM_CLASSES)
+    return model.to(memory_format=torch.channels_last), (
+        f"MobileNet V1 alpha={alpha:g}, CIFAR profile, channels_last"
     )
 
 
