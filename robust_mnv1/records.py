@@ -19,7 +19,7 @@ import json
 import math
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -393,6 +393,26 @@ def _skip(path: Path, reason: str) -> None:
     warnings.warn(f"skipping record {path}: {reason}", RecordWarning, stacklevel=3)
 
 
+def _json_files(directory: str | Path) -> Iterator[tuple[Path, Any]]:
+    """``(path, parsed JSON)`` of each ``*.json`` file in ``directory``, sorted by name.
+
+    A missing directory yields nothing; hidden files (temp files of in-flight writes) are never
+    looked at; a file that cannot be read or parsed is skipped with a :class:`RecordWarning`.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return
+    for path in sorted(directory.glob("*.json")):
+        if path.name.startswith(".") or not path.is_file():
+            continue
+        try:
+            parsed = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            _skip(path, f"unreadable JSON ({exc})")
+            continue
+        yield path, parsed
+
+
 def load_records(runs_dir: str | Path) -> list[dict[str, Any]]:
     """Read every valid ``*.json`` record in ``runs_dir``, sorted by file name.
 
@@ -400,18 +420,8 @@ def load_records(runs_dir: str | Path) -> list[dict[str, Any]]:
     validation or are not named ``<run_id>.json`` are skipped with a :class:`RecordWarning`
     naming the file; temp files of in-flight writes (``.*.tmp``) are never looked at.
     """
-    runs_dir = Path(runs_dir)
-    if not runs_dir.is_dir():
-        return []
     records = []
-    for path in sorted(runs_dir.glob("*.json")):
-        if path.name.startswith(".") or not path.is_file():
-            continue
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            _skip(path, f"unreadable JSON ({exc})")
-            continue
+    for path, record in _json_files(runs_dir):
         try:
             validate_record(record)
         except RecordError as exc:
@@ -443,18 +453,8 @@ def load_profiles(profiles_dir: str | Path) -> list[dict[str, Any]]:
     Sorted by file name; a missing directory gives an empty list; malformed files are skipped
     with a :class:`RecordWarning`, as :func:`load_records` does.
     """
-    profiles_dir = Path(profiles_dir)
-    if not profiles_dir.is_dir():
-        return []
     profiles = []
-    for path in sorted(profiles_dir.glob("*.json")):
-        if path.name.startswith("."):
-            continue
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            _skip(path, f"unreadable JSON ({exc})")
-            continue
+    for path, record in _json_files(profiles_dir):
         if not (
             isinstance(record, dict)
             and record.get("kind") == "layer-profile"
