@@ -1,0 +1,87 @@
+"""The study's PGD protocol (robust_mnv1.evaluate.run_pgd): survivors-only chaining across eps."""
+
+import itertools
+
+import numpy as np
+from omegaconf import OmegaConf
+
+from attacks import PGD
+from robust_mnv1.evaluate import run_pgd
+from robust_mnv1.records import decode_mask
+
+from ._attack_models import synthetic_batch, trained_cnn
+
+EPS_255 = [2, 4, 8, 16]
+
+
+def pgd_cfg(**overrides):
+    cfg = dict(
+        eps_255=EPS_255, steps=5, restarts=1, random_start=True, loss="ce", margin_at_255=[8], batch_size=64
+    )
+    return OmegaConf.create({**cfg, **overrides})
+
+
+def masks(entries):
+    return [decode_mask(e["robust_mask"], e["n"]) for e in entries]
+
+
+def setup():
+    x, y = synthetic_batch(200, seed=5)
+    return trained_cnn(0), x, y
+
+
+def test_masks_only_shrink_as_eps_grows():
+    model, x, y = setup()
+    entries = run_pgd(model, x, y, pgd_cfg(), seed=0)
+    ms = masks(entries)
+    assert [e["eps_255"] for e in entries] == EPS_255
+    assert ms[0].sum() > 0 and ms[-1].sum() < ms[0].sum(), "the test needs some samples to break late"
+    for small, large in itertools.pairwise(ms):
+        assert not (large & ~small).any(), "a sample broken at a smaller eps reported robust at a larger one"
+
+
+def test_the_grid_is_walked_smallest_first_whatever_the_config_order():
+    model, x, y = setup()
+    shuffled = run_pgd(model, x, y, pgd_cfg(eps_255=[8, 2, 16, 4]), seed=0)
+    ordered = run_pgd(model, x, y, pgd_cfg(), seed=0)
+    assert [e["eps_255"] for e in shuffled] == EPS_255
+    assert [e["robust_mask"] for e in shuffled] == [e["robust_mask"] for e in ordered]
+
+
+def test_smallest_eps_matches_a_standalone_attack():
+    model, x, y = setup()
+    first = run_pgd(model, x, y, pgd_cfg(), seed=3)[0]
+    res = PGD(eps=2 / 255, steps=5, random_start=True, batch_size=64, seed=3)(model, x, y)
+    expected = (res.clean_correct & ~res.success).numpy()
+    np.testing.assert_array_equal(decode_mask(first["robust_mask"], first["n"]), expected)
+
+
+def test_margin_attacks_the_ce_survivors_and_can_only_remove_more():
+    model, x, y = setup()
+    with_margin = run_pgd(model, x, y, pgd_cfg(), seed=0)
+    ce_only = run_pgd(model, x, y, pgd_cfg(margin_at_255=[]), seed=0)
+    at8 = EPS_255.index(8)
+    assert with_margin[at8]["loss"] == "ce+margin" and ce_only[at8]["loss"] == "ce"
+    # Up to the margin eps both runs are the same computation.
+    for a, b in zip(with_margin[:at8], ce_only[:at8], strict=True):
+        assert a["robust_mask"] == b["robust_mask"]
+    m, c = masks(with_margin)[at8], masks(ce_only)[at8]
+    assert not (m & ~c).any()
+
+
+def test_eps_with_no_survivors_left_is_not_attacked(monkeypatch):
+    import robust_mnv1.evaluate as ev
+
+    calls = []
+
+    class Counting(PGD):
+        def __call__(self, model, x, y):
+            calls.append(len(y))
+            return super().__call__(model, x, y)
+
+    monkeypatch.setattr(ev, "PGD", Counting)
+    model, x, y = setup()
+    entries = run_pgd(model, x, y, pgd_cfg(eps_255=[64, 128], margin_at_255=[]), seed=0)
+    assert calls == [len(y)], "the first eps broke every sample, so the second needs no attack"
+    assert [e["robust"] for e in entries] == [0, 0]
+    assert [e["n"] for e in entries] == [len(y), len(y)]
