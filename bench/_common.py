@@ -261,7 +261,7 @@ class PlainLoop:
         spec = self.pgd
         assert spec is not None
         self.model.eval()
-        delta = (torch.rand_like(x) * 2 - 1) * spec.eps
+        delta = (x + (torch.rand_like(x) * 2 - 1) * spec.eps).clamp(0, 1) - x
         for _ in range(spec.steps):
             delta.requires_grad_(True)
             logits = self.model(x + delta)

@@ -33,6 +33,8 @@ def linf_ascent(
     """Signed-gradient ascent on ``loss_fn(logits)`` from ``delta``, kept in the L-inf ball and [0, 1]."""
     was_training = model.training
     model.eval()
+    # A random start near a black or white pixel leaves [0, 1]; no forward may see such an input.
+    delta = (x + delta).clamp(0, 1) - x
     try:
         for _ in range(steps):
             delta.requires_grad_(True)

@@ -101,6 +101,30 @@ def test_eager_step_feeds_draw_to_the_objective():
     assert loss.ndim == 0 and logits.shape == (4, 10) and not logits.requires_grad
 
 
+@pytest.mark.parametrize("method", ["pgd", "fgsm_rs", "trades"])
+def test_adversarial_objectives_only_feed_the_model_pixels_in_range(method):
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+
+        def forward(self, x):
+            seen.append((float(x.detach().min()), float(x.detach().max())))
+            return self.net(x)
+
+    objective = make_objective(OmegaConf.merge(PGD_AT, {"method": method}), seed=0)
+    objective.set_epoch(0)
+    # Saturated pixels: a random start in the eps ball leaves [0, 1] on half of them.
+    x = torch.zeros(8, 3, 2, 2)
+    x[4:] = 1.0
+    torch.manual_seed(0)
+    objective(Spy(), x, torch.arange(8) % 3, objective.draw(x))
+    assert len(seen) >= 3
+    assert min(lo for lo, _ in seen) >= 0.0 and max(hi for _, hi in seen) <= 1.0
+
+
 def test_captured_step_refuses_cpu():
     model = _mlp(0)
     opt = TensorLRSGD([(list(model.parameters()), 0.0)], lr=0.1, momentum=0.9, nesterov=True)
