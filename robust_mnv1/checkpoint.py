@@ -1,4 +1,4 @@
-"""Checkpoints as safetensors plus a JSON sidecar, and the cache that shares trained models.
+"""Checkpoints as safetensors plus a JSON sidecar, cache keys, and digests of trained weights.
 
 Only safetensors is ever read: a pickle (``torch.save`` output) can run arbitrary code when
 loaded, so a file that is not valid safetensors is refused, never unpickled.
@@ -74,3 +74,14 @@ def cache_key(*parts: Any) -> str:
     """A short stable hash of JSON-able parts (configs, seeds) naming a cached artifact."""
     blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """A short sha256 of ``model``'s state (names, dtypes, shapes, values), independent of device and
+    memory format: run records carry it so that records of different weights are never combined."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        flat = t.detach().to("cpu").contiguous().reshape(-1)
+        h.update(f"{name}:{flat.dtype}:{tuple(t.shape)};".encode())
+        h.update(flat.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]

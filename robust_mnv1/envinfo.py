@@ -27,6 +27,17 @@ def device_name(device: torch.device) -> str:
     )
 
 
+def cpu_name() -> str:
+    """The host CPU's model name (where the batch-1 CPU latency is measured, whatever the device)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def git_commit() -> str | None:
     """The commit of the code, with ``-dirty`` when it has uncommitted changes.
 
@@ -55,6 +66,7 @@ def git_commit() -> str | None:
 def environment(device: torch.device) -> dict[str, str | None]:
     env: dict[str, str | None] = {
         "device": device_name(device),
+        "cpu": cpu_name(),
         "python": platform.python_version(),
         "platform": platform.platform(terse=True),
     }

@@ -164,16 +164,24 @@ def sanity(model, x, y, eps: float, seed: int) -> dict[str, Any]:
 
 
 def cpu_latency_ms(model: torch.nn.Module, image_size: int, reps: int) -> float:
-    """Median wall time of one batch-1 forward on the CPU, in ms: the edge-deployment figure."""
+    """Median wall time of one batch-1 forward on one CPU thread, in ms: the edge-deployment figure.
+
+    One thread, so the figure does not depend on how many cores the study host happens to have.
+    """
     import copy
 
     m = copy.deepcopy(model).to("cpu").eval()
     x = torch.rand(1, 3, image_size, image_size)
     times = []
-    with torch.inference_mode():
-        for i in range(reps + 5):
-            t0 = time.perf_counter()
-            m(x)
-            if i >= 5:  # the first calls pay one-off allocation costs
-                times.append(time.perf_counter() - t0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode():
+            for i in range(reps + 5):
+                t0 = time.perf_counter()
+                m(x)
+                if i >= 5:  # the first calls pay one-off allocation costs
+                    times.append(time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(threads)
     return float(np.median(times) * 1e3)

@@ -19,7 +19,7 @@ import json
 import math
 import re
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ ENV_KEYS = ("device", "torch", "torchvision", "foolbox", "art", "python", "git_c
 _SAFE_PART = re.compile(r"[^A-Za-z0-9.+-]+")
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_WEIGHTS = re.compile(r"[0-9a-f]{16}")
 # eps_255 is stored for display; it only has to agree with eps to well under one 1/255 step.
 _EPS_255_TOL = 1e-2
 # accuracy is a stored copy of robust / n; anything beyond float round-off means a bookkeeping bug.
@@ -217,6 +218,11 @@ def _validate_model(record: Mapping[str, Any]) -> None:
     _int(model, "input_resolution", "model.", minimum=1)
     _int(model, "params", "model.", minimum=1)
     _int(model, "macs", "model.", minimum=1)
+    # Digests of the evaluated weights and, for fine-tuned models, of the parent's (optional: records
+    # written before they were recorded lack them).
+    for key in ("weights", "parent_weights"):
+        if key in model and not _WEIGHTS.fullmatch(str(model[key])):
+            raise _fail(f"model.{key}", f"must be 16 lowercase hex digits, got {model[key]!r}")
 
 
 def _validate_data(record: Mapping[str, Any]) -> None:
@@ -433,6 +439,35 @@ def load_records(runs_dir: str | Path) -> list[dict[str, Any]]:
             continue
         records.append(record)
     return records
+
+
+def check_weights_agree(records: Iterable[Mapping[str, Any]]) -> None:
+    """Refuse records that evaluated different weights of one (data, model, regime, seed).
+
+    The leaderboard ANDs the per-sample masks of a row's records and sets each fine-tuned row
+    against its standard row; both only mean something when the records share one trained model and
+    the fine-tuned one started from it. Records without weight digests are not checked.
+    """
+    seen: dict[tuple[Any, ...], tuple[str, str]] = {}
+    for r in records:
+        weights = r["model"].get("weights")
+        if weights is None:
+            continue
+        key = (r["data"]["key"], r["model"]["name"], r["regime"], r["seed"])
+        first = seen.setdefault(key, (weights, r["run_id"]))
+        if first[0] != weights:
+            raise UserError(
+                f"{first[1]} and {r['run_id']} evaluated different weights ({first[0]} vs {weights}); "
+                "delete that model's records and rerun its study unit"
+            )
+    for r in records:
+        parent = r["model"].get("parent_weights")
+        standard = seen.get((r["data"]["key"], r["model"]["name"], "standard", r["seed"]))
+        if parent is not None and standard is not None and standard[0] != parent:
+            raise UserError(
+                f"{r['run_id']} was fine-tuned from weights {parent}, but {standard[1]} evaluated "
+                f"{standard[0]}; delete that model's records and rerun its study unit"
+            )
 
 
 PROFILE_KEYS = ("model", "batch", "env", "kinds")

@@ -2,12 +2,17 @@
 
 A *unit* is one model of the grid: standard training, its evaluation, fine-tuning and the
 fine-tuned model's evaluation. Each (model, regime, attack) writes one run record as soon as
-it is done, and a record whose config hash matches is never recomputed, so a study killed at
-any point resumes where it stopped (trained models come back from the checkpoint cache).
+it is done. A record counts as done when its config hash matches and it evaluated the very
+weights the unit has now (``model.weights``; fine-tuned records also name their parent's,
+``model.parent_weights``). So a study killed at any point resumes where it stopped when the
+trained models come back from the checkpoint cache, and when they had to be retrained (a fresh
+GPU machine: its training is not bit-reproducible) the unit's old records are redone rather
+than mixed with records of other weights.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -18,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from robust_mnv1 import evaluate as ev
+from robust_mnv1.checkpoint import weights_digest
 from robust_mnv1.cost import layer_costs
 from robust_mnv1.data import Dataset, load_dataset
 from robust_mnv1.envinfo import environment
@@ -69,41 +75,61 @@ class Unit:
         run_id = make_run_id(self.name, regime, attack, slug(self.dataset.label), self.cfg.seed)
         return self.runs_dir / f"{run_id}.json", config_hash(cfgd)
 
-    def done(self, regime: str, attack: str) -> bool:
-        import json
-
+    def record(self, regime: str, attack: str) -> dict[str, Any] | None:
+        """The stored record for (regime, attack) if it exists and was made with this config."""
         path, digest = self.path(regime, attack)
         try:
-            return json.loads(path.read_text())["config_hash"] == digest
-        except (OSError, ValueError, KeyError):
+            record = json.loads(path.read_text())
+            return record if record["config_hash"] == digest and isinstance(record["model"], dict) else None
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def done(self, regime: str, attack: str, weights: str | None = None, parent: str | None = None) -> bool:
+        """Whether the record exists with this config and, when given, these weights and parent weights."""
+        record = self.record(regime, attack)
+        return (
+            record is not None
+            and (weights is None or record["model"].get("weights") == weights)
+            and (parent is None or record["model"].get("parent_weights") == parent)
+        )
+
+    def complete(self) -> bool:
+        """Every record exists with this config, and they agree on the unit's weights: one digest per
+        regime, the fine-tuned records naming the standard one as their parent."""
+        records = {(r, a): self.record(r, a) for r in self.regimes for a in self.attacks}
+        if any(rec is None for rec in records.values()):
             return False
+        weights = {r: {records[r, a]["model"].get("weights") for a in self.attacks} for r in self.regimes}
+        parents = {records[self.regimes[1], a]["model"].get("parent_weights") for a in self.attacks}
+        return all(len(w) == 1 for w in weights.values()) and parents == weights["standard"]
 
     def run(self) -> None:
-        if all(self.done(r, a) for r in self.regimes for a in self.attacks):
+        if self.complete():
             tqdm.write(f"{self.name}: every record is done, skipping")
             return
         cfg, device = self.cfg, self.device
         model, meta = standard_model(cfg, self.dataset, device)
-        stages = {"standard": (model, meta)}
-        if not all(self.done(self.regimes[1], a) for a in self.attacks):
-            stages[self.regimes[1]] = finetuned_model(cfg, self.dataset, device, model, meta)
+        std_weights = weights_digest(model)
+        stages = {"standard": (model, meta, std_weights)}
+        tuned = self.regimes[1]
+        if not all(self.done(tuned, a, parent=std_weights) for a in self.attacks):
+            m, m_meta = finetuned_model(cfg, self.dataset, device, model, meta)
+            stages[tuned] = (m, m_meta, weights_digest(m))
         costs = layer_costs(model)
         latency = (
             ev.cpu_latency_ms(model, self.dataset.image_size, cfg.eval.latency.reps)
             if cfg.eval.latency.enabled
             else None
         )
-        for regime in self.regimes:
-            if regime not in stages:
-                continue
-            m, m_meta = stages[regime]
-            self.evaluate(regime, m, m_meta, meta, costs, latency)
+        for regime, (m, m_meta, weights) in stages.items():
+            parent = None if regime == "standard" else std_weights
+            self.evaluate(regime, m, m_meta, meta, costs, latency, weights, parent)
 
-    def evaluate(self, regime, model, meta, std_meta, costs, latency) -> None:
+    def evaluate(self, regime, model, meta, std_meta, costs, latency, weights, parent) -> None:
         cfg, ds, device = self.cfg, self.dataset, self.device
         sanity, sanity_s = None, 0.0
         for attack in self.attacks:
-            if self.done(regime, attack):
+            if self.done(regime, attack, weights, parent):
                 continue
             t0 = time.perf_counter()
             n = cfg.eval.n_cw if attack == "cw" else cfg.eval.n_examples
@@ -145,6 +171,8 @@ class Unit:
                     "input_resolution": model.input_resolution,
                     "params": int(costs["params"].sum()),
                     "macs": int(costs["macs"].sum()),
+                    "weights": weights,
+                    **({"parent_weights": parent} if parent else {}),
                 },
                 "regime": regime,
                 "attack": attack,

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from robust_mnv1.checkpoint import cache_key
+from robust_mnv1.checkpoint import cache_key, weights_digest
 from robust_mnv1.data import Dataset
 from robust_mnv1.errors import UserError
 from robust_mnv1.models import build_model
@@ -107,7 +107,12 @@ def finetuned_model(
     torch.manual_seed(cfg.seed)
     model = make_model(cfg, dataset)
     model.load_state_dict(parent.state_dict())
-    key = cache_key("finetune", parent_meta["key"], OmegaConf.to_container(fcfg, resolve=True), cfg.seed)
+    # The parent's weights, not just its recipe, name the fine-tuned model: a retrained parent (GPU
+    # training is not bit-reproducible) must not be paired with a child of its predecessor.
+    parent_weights = weights_digest(parent)
+    key = cache_key(
+        "finetune", parent_meta["key"], parent_weights, OmegaConf.to_container(fcfg, resolve=True), cfg.seed
+    )
     meta = fit(
         model,
         dataset.train,
@@ -121,6 +126,7 @@ def finetuned_model(
         meta={
             "key": key,
             "parent": parent_meta["key"],
+            "parent_weights": parent_weights,
             "regime": fcfg.regime,
             "model": model.name,
             "data": dataset.label,

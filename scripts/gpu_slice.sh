@@ -76,7 +76,6 @@ for stage in $stages; do
     study)
         # Stops itself (SIGINT) before the slice ends; finished records are already on disk.
         step study 600 python3 -m robust_mnv1.run experiment=study device=cuda "${data[@]}" cuda_graph=$graph \
-            attack.fgsm.batch_size=2500 attack.pgd.batch_size=2500 attack.cw.batch_size=1000 \
             hydra.run.dir=/tmp/hydra-study
         tar czf "$out/runs.tgz" results/runs
         ;;
@@ -87,7 +86,6 @@ for stage in $stages; do
             step "study_seed$seed" $(($(left) / (3 - seed))) python3 -m robust_mnv1.run experiment=study \
                 device=cuda "${data[@]}" cuda_graph=$graph seed=$seed \
                 'study.grid=[{alpha:1.0,rho:1.0},{alpha:0.25,rho:1.0}]' \
-                attack.fgsm.batch_size=2500 attack.pgd.batch_size=2500 attack.cw.batch_size=1000 \
                 hydra.run.dir=/tmp/hydra-seed$seed
         done
         tar czf "$out/runs.tgz" results/runs

@@ -5,7 +5,7 @@ import pickle
 import pytest
 import torch
 
-from robust_mnv1.checkpoint import cache_key, load_checkpoint, save_checkpoint, sidecar
+from robust_mnv1.checkpoint import cache_key, load_checkpoint, save_checkpoint, sidecar, weights_digest
 from robust_mnv1.errors import UserError
 
 
@@ -71,3 +71,13 @@ def test_missing_file(tmp_path):
 def test_cache_key_is_stable_and_order_free():
     assert cache_key({"a": 1, "b": 2}, 3) == cache_key({"b": 2, "a": 1}, 3)
     assert cache_key({"a": 1}, 3) != cache_key({"a": 1}, 4)
+
+
+def test_weights_digest_follows_values_not_layout():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    digest = weights_digest(model)
+    assert len(digest) == 16 and digest == weights_digest(model)
+    assert weights_digest(model.to(memory_format=torch.channels_last)) == digest
+    model[1].running_mean[0] += 1e-6  # buffers count: BN statistics are part of the model
+    assert weights_digest(model) != digest

@@ -29,7 +29,11 @@ def test_experiment_overrides_defaults():
     assert (cfg.model.alpha, cfg.model.rho, cfg.data.name) == (1.0, 0.75, "cifar10")
     cfg = compose_config(["experiment=pgd_alpha025"])
     assert list(cfg.attack) == ["pgd"] and cfg.model.alpha == 0.25
-    assert sorted(compose_config(["experiment=study"]).attack) == ["cw", "fgsm", "pgd"]
+    study = compose_config(["experiment=study"])
+    assert sorted(study.attack) == ["cw", "fgsm", "pgd"]
+    # The study's answer is on the shared JPEG copy, with the batch sizes its records were hashed with.
+    assert study.data.name == "imagefolder" and "cifar10-jpeg" in study.data.root
+    assert [study.attack[a].batch_size for a in ("fgsm", "pgd", "cw")] == [2500, 2500, 1000]
 
 
 def test_unknown_experiment_lists_choices(tmp_path):

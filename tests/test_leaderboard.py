@@ -289,7 +289,7 @@ def test_corrupt_record_is_skipped_and_the_rest_render(tmp_path, study):
     with pytest.warns(UserWarning, match=victim.name):
         paths = lb.generate(tmp_path)
     md = paths["markdown"].read_text()
-    assert f"from {len(study) - 1} run records" in md
+    assert f"from the {len(study) - 1} run records" in md
     assert md.count("| MobileNetV1-") == 8
 
 
@@ -306,6 +306,19 @@ def test_cli_empty_dir_is_a_one_line_error(tmp_path, capsys):
     assert err.count("\n") == 1 and err.startswith("error: no valid run records")
     with pytest.raises(UserError):
         lb.generate(tmp_path)
+
+
+def test_records_of_different_weights_are_a_one_line_error_and_nothing_is_written(tmp_path, study, capsys):
+    import copy
+
+    records = copy.deepcopy(study)
+    for r in records:
+        r["model"]["weights"] = "a" * 16 if r["attack"] == "cw" else "b" * 16
+    write_study(records, tmp_path)
+    assert lb.main(["--results", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "evaluated different weights" in err
+    assert not (tmp_path / "leaderboard.md").exists()
 
 
 def test_cli_module_entry_point_exit_code(tmp_path):

@@ -26,6 +26,7 @@ from robust_mnv1.errors import UserError
 from robust_mnv1.records import (
     RecordError,
     RecordWarning,
+    check_weights_agree,
     config_hash,
     decode_mask,
     encode_mask,
@@ -120,6 +121,8 @@ def test_missing_field_is_named(pgd, path):
         ("sanity.passed", "yes", "sanity.passed"),
         ("timing.eval_s", -1.0, "timing.eval_s"),
         ("model.params", 1.5, "model.params"),
+        ("model.weights", "not-a-digest", "model.weights"),
+        ("model.parent_weights", "ABCDEF0123456789", "model.parent_weights"),
         ("env.torch", None, "env.torch"),
         ("created", "yesterday", "created"),
     ],
@@ -333,3 +336,40 @@ def test_mask_decode_rejects_mismatches():
 def test_written_file_is_what_readers_get(tmp_path, pgd):
     path: Path = write_record(pgd, tmp_path)
     assert json.loads(path.read_text()) == pgd
+
+
+def _with_weights(study: list[dict]) -> list[dict]:
+    """The study's records with weight digests as the study writes them: one per (model, regime)."""
+    records = copy.deepcopy(study)
+    for r in records:
+        name, regime = r["model"]["name"], r["regime"]
+        r["model"]["weights"] = config_hash({"w": [name, regime]})[:16]
+        if regime != "standard":
+            r["model"]["parent_weights"] = config_hash({"w": [name, "standard"]})[:16]
+    return records
+
+
+def test_records_of_one_model_agree_on_weights(study):
+    records = _with_weights(study)
+    for r in records:
+        validate_record(r)
+    check_weights_agree(records)
+    check_weights_agree(study)  # records without digests are not checked
+
+
+def test_records_of_different_weights_in_one_row_are_refused(study):
+    records = _with_weights(study)
+    victim = next(r for r in records if r["regime"] == "standard" and r["attack"] == "cw")
+    victim["model"]["weights"] = "f" * 16
+    with pytest.raises(UserError, match=re.escape(victim["run_id"]) + ".*different weights"):
+        check_weights_agree(records)
+
+
+def test_fine_tuned_records_must_start_from_the_standard_weights(study):
+    records = _with_weights(study)
+    victim = next(r for r in records if r["regime"] == "pgd-at")
+    for r in records:
+        if r["model"]["name"] == victim["model"]["name"] and r["regime"] == "pgd-at":
+            r["model"]["parent_weights"] = "e" * 16
+    with pytest.raises(UserError, match="fine-tuned from weights " + "e" * 16):
+        check_weights_agree(records)

@@ -89,6 +89,35 @@ def test_second_run_reuses_cached_models_and_records(smoke, tmp_path):
     assert "every record is done" in proc.stdout + proc.stderr
 
 
+def test_records_name_their_weights_and_a_record_of_other_weights_is_redone(smoke, tmp_path):
+    import shutil
+
+    root, _ = smoke
+    records = load_records(root / "results" / "runs")
+    by_key = {(r["model"]["name"], r["regime"]): r["model"]["weights"] for r in records}
+    assert len(set(by_key.values())) == 4  # 2 models x 2 regimes, all different weights
+    for r in records:
+        assert by_key[(r["model"]["name"], r["regime"])] == r["model"]["weights"]
+        if r["regime"] != "standard":
+            assert r["model"]["parent_weights"] == by_key[(r["model"]["name"], "standard")]
+        else:
+            assert "parent_weights" not in r["model"]
+
+    # Pretend one standard record came from a retrained model: only it is redone, with the right digest.
+    runs = tmp_path / "results" / "runs"
+    shutil.copytree(root / "results" / "runs", runs)
+    victim = next(p for p in sorted(runs.glob("*.json")) if "__standard__fgsm__" in p.name)
+    stale = json.loads(victim.read_text())
+    stale["model"]["weights"] = "0" * 16
+    victim.write_text(json.dumps(stale))
+    before = {p.name: p.read_text() for p in runs.glob("*.json")}
+    run([*FAST, f"results_dir={tmp_path}/results", f"hydra.run.dir={tmp_path}/out"], root / "cache")
+    after = {p.name: p.read_text() for p in runs.glob("*.json")}
+    assert [name for name in before if before[name] != after[name]] == [victim.name]
+    redone = json.loads(after[victim.name])
+    assert redone["model"]["weights"] == by_key[(stale["model"]["name"], "standard")]
+
+
 def test_parallel_joblib_sweep_leaves_consistent_records(smoke, tmp_path):
     root, _ = smoke
     results = tmp_path / "results"
