@@ -1,8 +1,12 @@
 """Carlini–Wagner L2 (Carlini & Wagner, 2017): a minimization attack, fully batched.
 
 Per sample it minimises ``‖x' − x‖² + c · max(z_y − max_{j≠y} z_j + κ, 0)`` with Adam in tanh space
-and binary-searches ``c``. Two departures from the reference implementation, both measured to give
-smaller distances for the same step budget (see ``docs/attacks.md``):
+and binary-searches ``c``. Three departures from the reference implementation, each meant to give
+smaller distances for the same step budget; the comparison with foolbox's C&W (``bench/attacks_bench.py``,
+``docs/performance.md``) measures them together, not one by one:
+
+* The tanh map is shrunk by 0.9 and written relative to ``x``, so pixels at exactly 0 or 1 can move
+  (see ``docs/attacks.md``).
 
 * Adam's step size is ``lr`` for the first half of each binary-search step and then decays linearly
   to ``lr / 10``, so the last steps settle on the decision boundary instead of oscillating across it

@@ -2,7 +2,8 @@
 
 Per-sample bookkeeping is done with masks and ``torch.where``. The only host-device synchronisations
 are one per restart (which samples are still unbroken) and one every ``CHECK_EVERY`` steps, where the
-samples already broken are dropped from the working batch so that later steps stop paying for them.
+samples already broken are dropped from the working batch, once they are at least ``COMPACT_FRACTION``
+of it, so that later steps stop paying for them.
 Checking every step would save a little more work but stall the GPU's launch queue each step;
 checking rarely keeps computing samples that are already done.
 """

@@ -127,9 +127,9 @@ class PassCounter(torch.nn.Module):
 def max_grad_passes(attack: str, acfg: DictConfig) -> int | None:
     """Gradient passes per image when no sample leaves early, for the attacks that drop samples.
 
-    PGD drops a sample once it is broken and C&W once its loss stops falling, so each runs at most
-    every step: PGD ``steps x restarts`` per eps (twice at the margin-loss eps, as ``run_pgd`` does),
-    C&W ``steps x binary_search_steps``. FGSM has one step and drops nothing: None.
+    PGD drops a sample once it is broken, C&W once its loss or (adversarial) its distance stalls, so
+    each runs at most every step: PGD ``steps x restarts`` per eps (twice at the margin-loss eps, as
+    ``run_pgd`` does), C&W ``steps x binary_search_steps``. FGSM has one step and drops nothing: None.
     """
     if attack == "pgd":
         runs = sum(1 + (e in acfg.margin_at_255 and acfg.loss != "margin") for e in acfg.eps_255)

@@ -3,8 +3,8 @@
 A CPU forward/backward allocates and frees the same multi-megabyte activation buffers every step.
 By default glibc returns such freed memory to the OS (mmap'd chunks, and heap trimming), and the
 next step faults every page in again. With a fixed mmap threshold of 32 MiB and a trim threshold
-of 2 GiB, freed buffers are reused instead: a CPU attack step ran 20-27% faster and a train step
-6-8% faster (docs/performance.md). The cost is a resident set that stays at its peak.
+of 2 GiB, freed buffers are reused instead: CPU attack steps ran 1.33-1.43x and train steps
+1.07-1.09x as fast (docs/performance.md). The cost is a resident set that stays at its peak.
 
 Process-wide, so only the entry points call it (the run and cost CLIs, the benches), never the
 libraries. Setting either threshold by hand also turns off glibc's own adaptive thresholds, which
