@@ -34,6 +34,8 @@ IMAGE_SIZE = 32
 NUM_CLASSES = 10
 # fit() always evaluates after its last epoch; a split this small keeps that under a millisecond or so.
 FIT_TEST_IMAGES = 16
+# Pixels of shift in the plain loop's random crop (the project's recipe uses 4 as well).
+PAD = 4
 
 
 def bench_parser(description: str) -> argparse.ArgumentParser:
@@ -214,16 +216,19 @@ class PGDSpec:
 
 
 class PlainLoop:
-    """The baseline: a hand-written eager training loop over float batches already on the device.
+    """The baseline: a hand-written eager training loop over uint8 data resident on the device.
 
-    Same model, batch size, optimizer (SGD, momentum, Nesterov, weight decay) and precision policy as
-    :mod:`robust_mnv1.train` (channels_last; fp32 on CPU; bf16 autocast and cuDNN autotuning on
-    CUDA), but no loader, augmentation, schedule or bookkeeping. With ``pgd`` each step first crafts
-    the batch with a hand-written sign-gradient PGD, the model in eval mode, then trains on it.
+    Like the performance issue's reference loop: each batch is a shuffled gather from the resident
+    uint8 images, a random 4-pixel-shifted crop (zero padding) and horizontal flip done on the device,
+    and a conversion to float. Same model, batch size, optimizer (SGD, momentum, Nesterov, weight
+    decay) and precision policy as :mod:`robust_mnv1.train` (channels_last; fp32 on CPU; bf16
+    autocast and cuDNN autotuning on CUDA), but no loader object, schedule or bookkeeping. With
+    ``pgd`` each step first crafts the batch with a hand-written sign-gradient PGD, the model in eval
+    mode, then trains on it.
 
     Args:
         model: the network; moved to ``device`` and trained in place.
-        split: the images, converted to float once here, before anything is timed.
+        split: the images, moved to the device once here, before anything is timed.
         tcfg: recipe with ``batch_size``, ``lr``, ``momentum``, ``nesterov``, ``weight_decay``.
         device: where everything runs.
         pgd: the training-time attack, or None for standard training.
@@ -242,10 +247,10 @@ class PlainLoop:
         self.device = device
         self.pgd = pgd
         self.model = model.to(device, memory_format=torch.channels_last)
-        x = split.x.to(device).float().div_(255).contiguous(memory_format=torch.channels_last)
-        y = split.y.to(device)
-        n = len(split) // tcfg.batch_size * tcfg.batch_size
-        self.batches = list(zip(x[:n].split(tcfg.batch_size), y[:n].split(tcfg.batch_size), strict=True))
+        self.x = F.pad(split.x.to(device), (PAD, PAD, PAD, PAD))  # padded once, uint8
+        self.y = split.y.to(device)
+        self.batch_size = tcfg.batch_size
+        self.steps = len(split) // tcfg.batch_size
         self.opt = torch.optim.SGD(
             model.parameters(),
             lr=tcfg.lr,
@@ -282,25 +287,36 @@ class PlainLoop:
         loss.backward()
         self.opt.step()
 
+    def _batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, side = idx.numel(), self.x.shape[-1] - 2 * PAD
+        shift = torch.randint(0, 2 * PAD + 1, (2, b, 1), device=self.device)
+        rows = torch.arange(side, device=self.device) + shift[0]  # [b, side]
+        cols = torch.arange(side, device=self.device) + shift[1]
+        cols = torch.where(torch.rand(b, 1, device=self.device) < 0.5, cols.flip(1), cols)
+        x = self.x[idx[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # [b, side, side, C]
+        x = x.permute(0, 3, 1, 2).float().div_(255).contiguous(memory_format=torch.channels_last)
+        return x, self.y[idx]
+
     def warm_up(self) -> None:
         """One untimed step, paying the one-off costs (kernel selection, allocations, optimizer state)."""
         self.model.train()
         with cudnn_autotuning(self.cuda):
-            self._step(*self.batches[0])
+            self._step(*self._batch(torch.arange(self.batch_size, device=self.device)))
         synchronize(self.device)
 
     def run(self) -> Throughput:
-        """One timed pass over every batch."""
+        """One timed pass over ``len(split) // batch_size`` shuffled, augmented batches."""
         self.model.train()
         synchronize(self.device)
         reset_peak_memory(self.device)
         start = time.perf_counter()
         with cudnn_autotuning(self.cuda):
-            for x, y in self.batches:
-                self._step(x, y)
+            order = torch.randperm(len(self.y), device=self.device)
+            for i in range(self.steps):
+                self._step(*self._batch(order[i * self.batch_size : (i + 1) * self.batch_size]))
         synchronize(self.device)
         seconds = time.perf_counter() - start
-        images = sum(len(y) for _, y in self.batches)
+        images = self.steps * self.batch_size
         return Throughput(images=images, seconds=seconds, peak_mib=peak_memory_mib(self.device))
 
 

@@ -118,7 +118,8 @@ def sync(device: torch.device) -> None:
 
 
 def summarise(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor) -> dict[str, float]:
-    """Robust accuracy and median L2 of the successful samples, from a fresh eval-mode pass."""
+    """Robust accuracy and median L2 of the successful samples (not the study's median, which counts
+    unbroken samples as infinitely far), from a fresh eval-mode pass."""
     with torch.no_grad():
         correct = model(x).argmax(1) == y
         success = correct & (model(x_adv).argmax(1) != y)

@@ -14,6 +14,7 @@ Run from the repository root: ``python bench/train_bench.py --device cpu --quick
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 
 import pandas as pd
@@ -49,7 +50,7 @@ class Plan:
     repeats: int
 
 
-def make_plan(device: torch.device, *, quick: bool, batch: int | None) -> Plan:
+def make_plan(device: torch.device, *, quick: bool, batch: int | None, repeats: int | None) -> Plan:
     """Sizes that give a stable figure in minutes (a smoke test in seconds with ``quick``)."""
     cuda = device.type == "cuda"
     if quick:
@@ -57,13 +58,13 @@ def make_plan(device: torch.device, *, quick: bool, batch: int | None) -> Plan:
             alphas=(0.25,),
             batch=batch or (512 if cuda else 32),
             batches={"standard": 10, "pgd7": 4} if cuda else {"standard": 3, "pgd7": 2},
-            repeats=1,
+            repeats=repeats or 1,
         )
     return Plan(
         alphas=(0.25, 1.0),
         batch=batch or (512 if cuda else 256),
         batches={"standard": 40, "pgd7": 12} if cuda else {"standard": 4, "pgd7": 2},
-        repeats=3 if cuda else 2,
+        repeats=repeats or (3 if cuda else 2),
     )
 
 
@@ -93,6 +94,9 @@ def measure(workload: str, alpha: float, plan: Plan, cfg: DictConfig, *, device:
         repeats=plan.repeats,
     )
     best = {name: max(r.img_per_s for r in path) for name, path in runs.items()}
+    # Run i of each path sits next to run i of the other (ABBA order), so their ratio cancels most of
+    # the machine's drift; the spread of those paired ratios is the noise of the comparison.
+    paired = sorted(p.img_per_s / q.img_per_s for p, q in zip(runs["project"], runs["plain"], strict=True))
     row = {
         "workload": workload,
         "alpha": alpha,
@@ -101,6 +105,9 @@ def measure(workload: str, alpha: float, plan: Plan, cfg: DictConfig, *, device:
         "project img/s": round(best["project"], 1),
         "plain img/s": round(best["plain"], 1),
         "project/plain": round(best["project"] / best["plain"], 3),
+        "paired ratios median [min, max]": (
+            f"{statistics.median(paired):.3f} [{paired[0]:.3f}, {paired[-1]:.3f}]"
+        ),
     }
     if "project eager" in best:
         row["eager img/s"] = round(best["project eager"], 1)
@@ -118,11 +125,16 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="batch size (default: 512 on CUDA, 256 on CPU, 32 --quick CPU)",
     )
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="timed runs per path (default: 3 CUDA, 2 CPU, 1 --quick)"
+    )
     args = parser.parse_args(argv)
     if args.batch is not None and args.batch < 1:
         parser.error(f"--batch must be at least 1, got {args.batch}")
+    if args.repeats is not None and args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
     device = setup(parser, args)
-    plan = make_plan(device, quick=args.quick, batch=args.batch)
+    plan = make_plan(device, quick=args.quick, batch=args.batch, repeats=args.repeats)
     cfg = compose_config([])
     rows = [
         measure(workload, alpha, plan, cfg, device=device, seed=args.seed)
@@ -150,7 +162,8 @@ def main(argv: list[str] | None = None) -> None:
         + (", bf16 autocast + channels_last" if device.type == "cuda" else ", fp32 + channels_last"),
         "pgd7: 7 sign-gradient steps of 2/255 in the 8/255 L-inf ball from a random start, model in eval "
         "mode while crafting; img/s counts training images",
-        f"each figure: best of {plan.repeats} timed run(s); plain after one untimed warm-up step",
+        f"img/s: best of {plan.repeats} timed run(s); plain after one untimed warm-up step; project/plain: "
+        "ratio of the bests; paired ratios: project/plain of the runs made side by side (ABBA order)",
         memory,
     ]
     print_table(f"Training throughput, project vs plain loop; {describe(device)}", pd.DataFrame(rows), notes)

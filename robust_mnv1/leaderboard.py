@@ -529,8 +529,10 @@ def _reading_notes(rows: pd.DataFrame, records: Sequence[Mapping[str, Any]]) -> 
         "shrink with ε; the margin loss attacks the images cross-entropy left robust.",
         "- worst-case@8/255 counts an image as robust only if it survives every attack record of the row "
         "at 8/255 (FGSM and PGD with each loss): the per-sample AND of the robust masks.",
-        "- C&W median L2: mean over seeds of the median minimal L2 perturbation with its percentile "
-        "bootstrap 95% CI from the record; with several seeds the CI is the envelope of the per-seed CIs.",
+        "- C&W median L2: mean over seeds of the median minimal L2 perturbation over the C&W images the "
+        "model classifies correctly, an image C&W never broke counting as infinitely far (so fewer "
+        "correct images stand behind a fine-tuned row's median), with its percentile bootstrap 95% CI "
+        "from the record; with several seeds the CI is the envelope of the per-seed CIs.",
         "- Ranked by worst-case@8/255, then clean accuracy, then model name and regime.",
         "- latency: median wall time of a batch-1 forward on one thread of the study host's CPU ("
         + ("; ".join(_distinct(r["env"].get("cpu") for r in records)) or "not recorded")
