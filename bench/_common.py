@@ -39,7 +39,8 @@ PAD = 4
 
 
 def bench_parser(description: str) -> argparse.ArgumentParser:
-    """The options every bench script takes: ``--device``, ``--quick``, ``--seed``, ``--threads``."""
+    """The options of the bench scripts built on the suite: ``--device``, ``--quick``, ``--seed``,
+    ``--threads`` (``attacks_bench.py`` stands alone, so that it runs without ``robust_mnv1``)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument(
         "--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available, else cpu"

@@ -173,7 +173,9 @@ def main(argv: list[str] | None = None) -> None:
         "--fit-steps", type=int, default=None, help="fitting steps (default 150 quick, 200 else)"
     )
     parser.add_argument("--art-cw-batch", type=int, default=2, help="images for ART's (very slow) C&W")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: 1 with --quick, else torch's)"
+    )
     parser.add_argument("--libs", default="native,foolbox,art,torchattacks")
     parser.add_argument(
         "--precision",
@@ -183,8 +185,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    # One thread for the CI smoke run, as the other benches: OpenMP threads stall on a shared CPU.
+    threads = args.threads or (1 if args.quick else None)
+    if threads:
+        torch.set_num_threads(threads)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but no CUDA device is available")

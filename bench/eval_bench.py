@@ -1,10 +1,15 @@
-"""The study's PGD protocol (``evaluate.run_pgd``) against the standalone per-eps grid, on trained models.
+"""The study's attack protocol on trained models: chained vs standalone PGD, and C&W budgets.
 
 ``run_pgd`` walks the eps grid upwards and attacks only the images the previous eps left robust (the
 margin loss only CE's survivors). The baseline, measured in the same run on the same models and
 images, is the plain protocol: every eps attacks every image with CE, the margin-loss eps a second
 time with the margin loss, and the per-image worst case of the two is kept. The table gives seconds,
 image-gradients (the images in passes that build a graph) and robust accuracy per eps for both.
+
+The second table runs the study's C&W (``evaluate.run_cw``) at several (steps, lr) budgets on the first
+``--n-cw`` test images: Adam moves each pixel by about ``lr`` per step, which sets a floor under the
+distances found, so a budget is only good enough when a finer one (smaller lr, more steps) finds the
+same median L2. The study's ``conf/attack/cw.yaml`` was chosen from this table.
 
 The models are the study's own, from the model cache (trained and cached on first use): by default
 the CPU preview's (``experiment=cpu_preview``, CIFAR-10 (JPEG q75)) at ``--alpha``; ``--quick`` trains
@@ -17,7 +22,7 @@ from __future__ import annotations
 
 import pandas as pd
 from _common import bench_parser, describe, print_table, setup
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from study_bench import PassCounter, timed
 
 from attacks import PGD, worst_case
@@ -27,6 +32,7 @@ from robust_mnv1.data import load_dataset
 from robust_mnv1.zoo import cache_root, finetuned_model, standard_model
 
 QUICK = ["experiment=smoke", "train.epochs=2", "finetune.epochs=1"]
+CW_BUDGETS = "100:0.01,300:0.003,1000:0.001"
 
 
 def standalone_pgd(model, x, y, acfg: DictConfig, seed: int) -> list[float]:
@@ -48,11 +54,52 @@ def standalone_pgd(model, x, y, acfg: DictConfig, seed: int) -> list[float]:
     return out
 
 
+def cw_rows(models, budgets, dataset, n: int, cfg: DictConfig, device) -> list[dict]:
+    """One row per (regime, budget): the study's C&W record fields at that budget, and its seconds."""
+    x, y = ev.eval_subset(dataset.test, n, device)
+    rows = []
+    for regime, model in models:
+        for steps, lr in budgets:
+            acfg = OmegaConf.merge(cfg.attack.cw, {"steps": steps, "lr": lr})
+            result: dict = {}
+            seconds = timed(
+                device, lambda a=acfg, m=model, r=result: r.update(ev.run_cw(m, x, y, a, cfg.seed))
+            )
+            lo, hi = result["median_l2_ci95"]
+            rows.append(
+                {
+                    "regime": regime,
+                    "steps": steps,
+                    "lr": lr,
+                    "seconds": round(seconds, 1),
+                    "median L2 [95% CI]": f"{result['median_l2']:.4f} [{lo:.4f}, {hi:.4f}]",
+                    "success": round(result["success_rate"], 3),
+                    **{f"robust@{a['l2']}": round(a["accuracy"], 3) for a in result["robust_at"]},
+                }
+            )
+    return rows
+
+
 def main() -> None:
     parser = bench_parser(__doc__.splitlines()[0])
     parser.add_argument("--alpha", type=float, default=0.25, help="width of the preview model (0.25 or 0.5)")
-    parser.add_argument("--n", type=int, default=1000, help="test images attacked (default 1000)")
+    parser.add_argument("--n", type=int, default=1000, help="test images attacked by PGD (default 1000)")
+    parser.add_argument("--n-cw", type=int, default=100, help="test images attacked by C&W (default 100)")
+    parser.add_argument(
+        "--cw-budgets",
+        default=CW_BUDGETS,
+        help=f"steps:lr pairs for the C&W table (default {CW_BUDGETS}, smaller with --quick; none: skip)",
+    )
     args = parser.parse_args()
+    spec = "10:0.01,20:0.005" if args.quick and args.cw_budgets == CW_BUDGETS else args.cw_budgets
+    try:
+        budgets = (
+            []
+            if spec == "none"
+            else [(int(s), float(lr)) for s, lr in (b.split(":") for b in spec.split(","))]
+        )
+    except ValueError:
+        parser.error(f"--cw-budgets must look like {CW_BUDGETS}, got {args.cw_budgets!r}")
     device = setup(parser, args)
     preview = ["experiment=cpu_preview", f"model.alpha={args.alpha}"]
     overrides = [*QUICK, "model.alpha=0.25"] if args.quick else preview
@@ -63,8 +110,9 @@ def main() -> None:
     tuned, _ = finetuned_model(cfg, dataset, device, standard, meta)
     x, y = ev.eval_subset(dataset.test, n, device)
     acfg = cfg.attack.pgd
+    models = (("standard", standard), (cfg.finetune.regime, tuned))
     rows = []
-    for regime, model in (("standard", standard), (cfg.finetune.regime, tuned)):
+    for regime, model in models:
         for name, run in (
             ("standalone", lambda m: standalone_pgd(m, x, y, acfg, cfg.seed)),
             ("chained", lambda m: [e["accuracy"] for e in ev.run_pgd(m, x, y, acfg, cfg.seed)]),
@@ -94,6 +142,19 @@ def main() -> None:
             "speed-up: standalone seconds / chained seconds, same models and images, same run",
         ],
     )
+    if budgets:
+        n_cw = 16 if args.quick else args.n_cw
+        print()
+        print_table(
+            f"C&W budgets, {describe(device)}",
+            pd.DataFrame(cw_rows(models, budgets, dataset, n_cw, cfg, device)),
+            [
+                f"{dataset.label}, {standard.name}, first {n_cw} test images, "
+                f"{cfg.attack.cw.binary_search_steps} binary-search steps, batch {cfg.attack.cw.batch_size}",
+                "median L2: over the images the model gets right, an image never broken counting as "
+                "infinitely far (the study's definition); robust@r: fraction of all images",
+            ],
+        )
 
 
 if __name__ == "__main__":
