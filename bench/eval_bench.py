@@ -39,16 +39,9 @@ def standalone_pgd(model, x, y, acfg: DictConfig, seed: int) -> list[float]:
     """Robust accuracy per eps when every eps attacks every image (the baseline protocol)."""
     out = []
     for e in sorted(acfg.eps_255):
-        common = dict(
-            eps=e / 255,
-            steps=acfg.steps,
-            random_start=acfg.random_start,
-            restarts=acfg.restarts,
-            batch_size=acfg.batch_size,
-            seed=seed,
-        )
+        common = ev.pgd_arguments(acfg, e, seed)
         res = PGD(**common, loss=acfg.loss)(model, x, y)
-        if e in acfg.margin_at_255 and acfg.loss != "margin":
+        if ev.adds_margin(acfg, e):
             res = worst_case([res, PGD(**common, loss="margin")(model, x, y)])
         out.append(float((res.clean_correct & ~res.success).float().mean()))
     return out

@@ -132,7 +132,7 @@ def max_grad_passes(attack: str, acfg: DictConfig) -> int | None:
     ``run_pgd`` does), C&W ``steps x binary_search_steps``. FGSM has one step and drops nothing: None.
     """
     if attack == "pgd":
-        runs = sum(1 + (e in acfg.margin_at_255 and acfg.loss != "margin") for e in acfg.eps_255)
+        runs = sum(1 + ev.adds_margin(acfg, e) for e in acfg.eps_255)
         return runs * acfg.steps * acfg.restarts
     if attack == "cw":
         return acfg.steps * acfg.binary_search_steps

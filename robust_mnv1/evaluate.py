@@ -88,6 +88,23 @@ def run_fgsm(model, x, y, acfg: DictConfig) -> list[dict]:
     return out
 
 
+def pgd_arguments(acfg: DictConfig, eps_255: float, seed: int) -> dict[str, Any]:
+    """The protocol's PGD arguments at one eps, all but the loss."""
+    return dict(
+        eps=eps_255 / 255,
+        steps=acfg.steps,
+        random_start=acfg.random_start,
+        restarts=acfg.restarts,
+        batch_size=acfg.batch_size,
+        seed=seed,
+    )
+
+
+def adds_margin(acfg: DictConfig, eps_255: float) -> bool:
+    """Whether the protocol also attacks with the margin loss at this eps."""
+    return eps_255 in acfg.margin_at_255 and acfg.loss != "margin"
+
+
 def run_pgd(model, x, y, acfg: DictConfig, seed: int) -> list[dict]:
     """PGD over the eps grid, smallest eps first, each eps attacking only the previous one's survivors.
 
@@ -99,17 +116,8 @@ def run_pgd(model, x, y, acfg: DictConfig, seed: int) -> list[dict]:
     out = []
     alive = torch.ones(len(y), dtype=torch.bool, device=y.device)
     for e in sorted(acfg.eps_255):
-        common = dict(
-            eps=e / 255,
-            steps=acfg.steps,
-            random_start=acfg.random_start,
-            restarts=acfg.restarts,
-            batch_size=acfg.batch_size,
-            seed=seed,
-        )
-        loss = acfg.loss
-        if e in acfg.margin_at_255 and acfg.loss != "margin":
-            loss = f"{acfg.loss}+margin"
+        common = pgd_arguments(acfg, e, seed)
+        loss = f"{acfg.loss}+margin" if adds_margin(acfg, e) else acfg.loss
         robust = torch.zeros_like(alive)
         idx = alive.nonzero().squeeze(1)
         if idx.numel():
