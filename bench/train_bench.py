@@ -158,8 +158,9 @@ def main(argv: list[str] | None = None) -> None:
         + f" (includes augmentation, LR schedule, bookkeeping and a {FIT_TEST_IMAGES}-image test pass; "
         "excludes set-up, the first epoch's warm-up and the checkpoints)",
         *(["eager: the same fit without CUDA graphs"] if device.type == "cuda" else []),
-        "plain: hand-written loop over float batches already on the device"
-        + (", bf16 autocast + channels_last" if device.type == "cuda" else ", fp32 + channels_last"),
+        "plain: hand-written loop over uint8 data resident on the device, shuffled, random crop and flip "
+        "on the device, "
+        + ("bf16 autocast + channels_last" if device.type == "cuda" else "fp32 + channels_last"),
         "pgd7: 7 sign-gradient steps of 2/255 in the 8/255 L-inf ball from a random start, model in eval "
         "mode while crafting; img/s counts training images",
         f"img/s: best of {plan.repeats} timed run(s); plain after one untimed warm-up step; project/plain: "
