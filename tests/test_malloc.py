@@ -36,3 +36,22 @@ def test_keep_freed_memory_without_mallopt_is_a_no_op(monkeypatch):
     monkeypatch.setattr(malloc.ctypes.util, "find_library", lambda name: "libc.dylib")
     monkeypatch.setattr(malloc.ctypes, "CDLL", NoMallopt)
     assert malloc.keep_freed_memory() is False
+
+
+def test_large_allocations_still_succeed_on_any_thread():
+    # mmap is off for allocations: requests beyond a thread arena's 64 MiB heap must still be served.
+    import threading
+
+    import torch
+
+    assert malloc.keep_freed_memory() is True
+    sums = []
+
+    def allocate():
+        sums.append(float(torch.ones(48 << 20).sum()))  # 192 MiB
+
+    worker = threading.Thread(target=allocate)
+    worker.start()
+    worker.join()
+    allocate()
+    assert sums == [float(48 << 20)] * 2
