@@ -7,9 +7,10 @@ time with the margin loss, and the per-image worst case of the two is kept. The 
 image-gradients (the images in passes that build a graph) and robust accuracy per eps for both.
 
 The second table runs the study's C&W (``evaluate.run_cw``) at several (steps, lr) budgets on the first
-``--n-cw`` test images: Adam moves each pixel by about ``lr`` per step, which sets a floor under the
-distances found, so a budget is only good enough when a finer one (smaller lr, more steps) finds the
-same median L2. The study's ``conf/attack/cw.yaml`` was chosen from this table.
+``--n-cw`` test images (of the study's class-stratified order, as every evaluation here). Adam moves
+each pixel by about ``lr`` per step, which sets a floor under the distances found, so a budget is only
+good enough when a finer one (smaller lr, more steps) finds the same median L2. The study's
+``conf/attack/cw.yaml`` was chosen from this table.
 
 The models are the study's own, from the model cache (trained and cached on first use): by default
 the CPU preview's (``experiment=cpu_preview``, CIFAR-10 (JPEG q75)) at ``--alpha``; ``--quick`` trains
@@ -49,7 +50,7 @@ def standalone_pgd(model, x, y, acfg: DictConfig, seed: int) -> list[float]:
 
 def cw_rows(models, budgets, dataset, n: int, cfg: DictConfig, device) -> list[dict]:
     """One row per (regime, budget): the study's C&W record fields at that budget, and its seconds."""
-    x, y = ev.eval_subset(dataset.test, n, device)
+    x, y = ev.eval_subset(dataset.test, n, device, cfg.eval.order)
     rows = []
     for regime, model in models:
         for steps, lr in budgets:
@@ -101,7 +102,7 @@ def main() -> None:
     dataset = load_dataset(cfg.data, cache_root(cfg) / "data")
     standard, meta = standard_model(cfg, dataset, device)
     tuned, _ = finetuned_model(cfg, dataset, device, standard, meta)
-    x, y = ev.eval_subset(dataset.test, n, device)
+    x, y = ev.eval_subset(dataset.test, n, device, cfg.eval.order)
     acfg = cfg.attack.pgd
     models = (("standard", standard), (cfg.finetune.regime, tuned))
     rows = []
@@ -129,7 +130,8 @@ def main() -> None:
         f"PGD evaluation protocol, {describe(device)}",
         pd.DataFrame(rows),
         [
-            f"{dataset.label}, {standard.name}, first {len(y)} test images, PGD-{acfg.steps}, "
+            f"{dataset.label}, {standard.name}, first {len(y)} test images of the {cfg.eval.order} order, "
+            f"PGD-{acfg.steps}, "
             f"eps_255 {list(acfg.eps_255)}, margin loss at {list(acfg.margin_at_255)}, "
             f"batch {acfg.batch_size}",
             "speed-up: standalone seconds / chained seconds, same models and images, same run",
@@ -142,7 +144,7 @@ def main() -> None:
             f"C&W budgets, {describe(device)}",
             pd.DataFrame(cw_rows(models, budgets, dataset, n_cw, cfg, device)),
             [
-                f"{dataset.label}, {standard.name}, first {n_cw} test images, "
+                f"{dataset.label}, {standard.name}, first {n_cw} test images of the {cfg.eval.order} order, "
                 f"{cfg.attack.cw.binary_search_steps} binary-search steps, batch {cfg.attack.cw.batch_size}",
                 "median L2: over the images the model gets right, an image never broken counting as "
                 "infinitely far (the study's definition); robust@r: fraction of all images",

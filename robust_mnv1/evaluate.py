@@ -21,11 +21,39 @@ from robust_mnv1.errors import UserError
 from robust_mnv1.records import encode_mask
 from robust_mnv1.stats import bootstrap_ci, wilson_ci
 
+# The evaluation order's shuffle is the same for every model, seed and run, so that all records of a
+# model attack the same images and their per-image masks can be combined.
+EVAL_ORDER_SEED = 0
+ORDERS = ("stratified", "dataset")
 
-def eval_subset(split: Split, n: int | None, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``n`` test images (all when ``n`` is None), in dataset order, as floats in [0, 1]."""
-    n = len(split.y) if n is None else min(n, len(split.y))
-    return split.x[:n].to(device).float().div_(255), split.y[:n].to(device)
+
+def eval_order(y: torch.Tensor, order: str = "stratified") -> torch.Tensor:
+    """The order in which evaluations take test images; every evaluation uses a prefix of it.
+
+    ``"dataset"`` is the split's own order. An image folder lists its test images class by class, so
+    there its first 1000 CIFAR-10 images are all airplanes. ``"stratified"`` shuffles each class with a
+    fixed seed and interleaves the classes in proportion to their size (image k of a class of m sits
+    at position (k + 0.5) / m), so every prefix holds each class in its share of the test set.
+    """
+    if order == "dataset":
+        return torch.arange(len(y))
+    if order != "stratified":
+        raise UserError(f"unknown eval.order {order!r}; valid choices: {', '.join(ORDERS)}")
+    labels = y.cpu().numpy()
+    rng = np.random.default_rng(EVAL_ORDER_SEED)
+    position = np.empty(len(labels))
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        position[rng.permutation(members)] = (np.arange(len(members)) + 0.5) / len(members)
+    return torch.from_numpy(np.lexsort((labels, position)))  # by position, ties by class
+
+
+def eval_subset(
+    split: Split, n: int | None, device: torch.device, order: str = "stratified"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` test images of :func:`eval_order` (all when ``n`` is None), as floats in [0, 1]."""
+    idx = eval_order(split.y, order)[: len(split.y) if n is None else n]
+    return split.x[idx].to(device).float().div_(255), split.y[idx].to(device)
 
 
 def accuracy_entry(correct: int, n: int) -> dict[str, Any]:

@@ -478,7 +478,12 @@ def _attack_settings(records: Sequence[Mapping[str, Any]], attack: str) -> str:
 
 def _protocol_lines(records: Sequence[Mapping[str, Any]]) -> list[str]:
     clean_ns = ", ".join(_distinct(r["clean"]["n"] for r in records))
-    lines = [f"- Clean accuracy on the first n test images, n = {clean_ns}."]
+    orders = ", ".join(_distinct(r["config"].get("eval", {}).get("order", "dataset") for r in records))
+    lines = [
+        f"- Every evaluation takes the first n test images of the `{orders}` order (eval.order: "
+        "`stratified` is a fixed shuffle in which every prefix holds each class in its share; "
+        f"`dataset` is the dataset's own order). Clean accuracy: n = {clean_ns}."
+    ]
     entries = [e for r in records for e in r["eps_results"]]
     for attack, name in (("fgsm", "FGSM"), ("pgd", "PGD")):
         mine = [e for e in entries if e["attack"] == attack]

@@ -5,9 +5,11 @@ calls :func:`write_record`; the leaderboard reads them back with :func:`load_rec
 Records are validated on both sides by :func:`validate_record`, with hand-written checks so
 the schema has no extra dependency and every error names the offending field.
 
-Robust masks are per-sample booleans over the first ``n`` evaluation images in dataset
-order, packed with ``np.packbits(mask, bitorder="little")`` (sample ``i`` is bit ``i % 8`` of
-byte ``i // 8``; unused high bits of the last byte are zero) and base64-encoded.
+Robust masks are per-sample booleans over the first ``n`` images of the evaluation order
+(:func:`robust_mnv1.evaluate.eval_order`, named by the record's ``config.eval.order``; the
+dataset's own order in records without one), packed with ``np.packbits(mask, bitorder="little")``
+(sample ``i`` is bit ``i % 8`` of byte ``i // 8``; unused high bits of the last byte are zero) and
+base64-encoded.
 """
 
 from __future__ import annotations

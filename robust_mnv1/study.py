@@ -133,7 +133,7 @@ class Unit:
                 continue
             t0 = time.perf_counter()
             n = cfg.eval.n_cw if attack == "cw" else cfg.eval.n_examples
-            x, y = ev.eval_subset(ds.test, n, device)
+            x, y = ev.eval_subset(ds.test, n, device, cfg.eval.order)
             clean = ev.clean_accuracy(model, x, y)
             ev.check_clean(clean, meta["test_acc"], cfg.eval.max_clean_drop, f"{self.name} {regime}")
             acfg = cfg.attack[attack]
@@ -147,7 +147,7 @@ class Unit:
             eval_s = time.perf_counter() - t0
             if sanity is None and cfg.eval.sanity.enabled:
                 t1 = time.perf_counter()
-                xs, ys = ev.eval_subset(ds.test, cfg.eval.sanity.n, device)
+                xs, ys = ev.eval_subset(ds.test, cfg.eval.sanity.n, device, cfg.eval.order)
                 sanity, sanity_s = (
                     ev.sanity(model, xs, ys, eps=8 / 255, seed=cfg.seed),
                     time.perf_counter() - t1,

@@ -57,6 +57,7 @@ def test_bad_key_lists_valid_keys():
         ("model.rho=1.5", "rho"),
         ("model.rho=0", "rho"),
         ("attack.pgd.eps_255=[-2]", "eps"),
+        ("eval.order=random", "eval.order"),
     ],
 )
 def test_bad_values_are_one_line_errors(override, needle, tmp_path):

@@ -3,10 +3,14 @@
 import itertools
 
 import numpy as np
+import pytest
+import torch
 from omegaconf import OmegaConf
 
 from attacks import PGD
-from robust_mnv1.evaluate import run_pgd
+from robust_mnv1.data import Split
+from robust_mnv1.errors import UserError
+from robust_mnv1.evaluate import eval_order, eval_subset, run_pgd
 from robust_mnv1.records import decode_mask
 
 from ._attack_models import synthetic_batch, trained_cnn
@@ -85,3 +89,42 @@ def test_eps_with_no_survivors_left_is_not_attacked(monkeypatch):
     assert calls == [len(y)], "the first eps broke every sample, so the second needs no attack"
     assert [e["robust"] for e in entries] == [0, 0]
     assert [e["n"] for e in entries] == [len(y), len(y)]
+
+
+def class_by_class(counts):
+    """Labels listed class by class, as an image folder lists its test images."""
+    return torch.cat([torch.full((m,), c) for c, m in enumerate(counts)])
+
+
+def test_every_prefix_of_the_stratified_order_holds_each_class_in_its_share():
+    y = class_by_class([100] * 10)
+    order = eval_order(y)
+    assert sorted(order.tolist()) == list(range(1000))
+    for n in (10, 50, 100, 370, 1000):
+        counts = np.bincount(y[order[:n]].numpy(), minlength=10)
+        assert counts.max() - counts.min() <= 1, (n, counts)
+    # Unequal classes: each prefix follows the class shares.
+    y = class_by_class([60, 30, 10])
+    counts = np.bincount(y[eval_order(y)[:10]].numpy(), minlength=3)
+    assert counts.tolist() == [6, 3, 1]
+
+
+def test_the_order_is_fixed_and_shuffles_within_classes():
+    y = class_by_class([100] * 10)
+    assert torch.equal(eval_order(y), eval_order(y.clone()))
+    airplanes = eval_order(y)[y[eval_order(y)] == 0]
+    assert not torch.equal(airplanes, torch.arange(100)), "within a class the order is shuffled"
+    assert torch.equal(eval_order(y, "dataset"), torch.arange(1000))
+    with pytest.raises(UserError, match=r"eval\.order"):
+        eval_order(y, "random")
+
+
+def test_eval_subset_takes_the_images_of_the_order():
+    y = class_by_class([5, 5, 5])
+    x = torch.arange(15, dtype=torch.uint8).view(15, 1, 1, 1).expand(15, 3, 2, 2).contiguous()
+    xs, ys = eval_subset(Split(x, y), 6, torch.device("cpu"))
+    idx = eval_order(y)[:6]
+    assert torch.equal(ys, y[idx]) and sorted(ys.tolist()) == [0, 0, 1, 1, 2, 2]
+    assert torch.equal(xs[:, 0, 0, 0], idx.float() / 255)
+    xs, ys = eval_subset(Split(x, y), None, torch.device("cpu"), "dataset")
+    assert torch.equal(ys, y) and xs.shape == (15, 3, 2, 2)
