@@ -30,7 +30,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from robust_mnv1.errors import UserError
-from robust_mnv1.records import REGIMES, check_weights_agree, decode_mask, load_profiles, load_records
+from robust_mnv1.records import REGIMES, check_combinable, decode_mask, load_profiles, load_records
 from robust_mnv1.stats import spearman_with_ci, wilson_ci
 
 REGIME_LABELS = {"standard": "standard", "pgd-at": "PGD-AT", "fast-at": "fast-AT", "trades": "TRADES"}
@@ -216,8 +216,11 @@ def build_table(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     ``worst8_prefix`` is true when masks of different n were cut to their common prefix).
     ``cw_l2`` is the mean over seeds of the C&W median L2 with ``cw_lo``/``cw_hi`` its CI.
     Sorted by ``data_key``, then worst-case accuracy descending, clean accuracy descending,
-    model name and regime; ``rank`` restarts at 1 for each dataset.
+    model name and regime; ``rank`` restarts at 1 for each dataset. Records that cannot be combined
+    (:func:`robust_mnv1.records.check_combinable`) raise :class:`UserError`.
     """
+    records = list(records)
+    check_combinable(records)
     rows = sorted((_row_dict(r) for r in _group_rows(records)), key=_rank_key)
     table = pd.DataFrame(rows)
     if table.empty:
@@ -541,7 +544,13 @@ def _reading_notes(rows: pd.DataFrame, records: Sequence[Mapping[str, Any]]) -> 
         "- Ranked by worst-case@8/255, then clean accuracy, then model name and regime.",
         "- latency: median wall time of a batch-1 forward on one thread of the study host's CPU ("
         + ("; ".join(_distinct(r["env"].get("cpu") for r in records)) or "not recorded")
-        + ").",
+        + ")"
+        + (
+            f"; {missing} records predate that rule and name no CPU (their latency used torch's default "
+            "thread count)."
+            if (missing := sum("cpu" not in r["env"] for r in records))
+            else "."
+        ),
     ]
     cut = rows[rows["worst8_prefix"]]
     for _, r in cut.iterrows():
@@ -824,7 +833,6 @@ def generate(results_dir: str | Path) -> dict[str, Path]:
     records = load_records(runs)
     if not records:
         raise UserError(f"no valid run records in {runs}; run the study first (it writes runs/<run_id>.json)")
-    check_weights_agree(records)
     table = build_table(records)
     paths = {"markdown": results_dir / "leaderboard.md", "csv": results_dir / "leaderboard.csv"}
     profiles = load_profiles(results_dir / "profiles")

@@ -443,31 +443,33 @@ def load_records(runs_dir: str | Path) -> list[dict[str, Any]]:
     return records
 
 
-def check_weights_agree(records: Iterable[Mapping[str, Any]]) -> None:
-    """Refuse records that evaluated different weights of one (data, model, regime, seed).
+def check_combinable(records: Iterable[Mapping[str, Any]]) -> None:
+    """Refuse records of one (data, model, regime, seed) that did not evaluate the same weights on
+    the same images, and fine-tuned records whose parent is not the standard records' model.
 
-    The leaderboard ANDs the per-sample masks of a row's records and sets each fine-tuned row
-    against its standard row; both only mean something when the records share one trained model and
-    the fine-tuned one started from it. Records without weight digests are not checked.
+    The leaderboard ANDs the per-image masks of a row's records and sets each fine-tuned row against
+    its standard row; that only means something when the records share one trained model (the same
+    ``model.weights`` digest, or all lack it, as records made before digests existed do) and one
+    evaluation order (``config.eval.order``; ``dataset`` when absent).
     """
-    seen: dict[tuple[Any, ...], tuple[str, str]] = {}
+    seen: dict[tuple[Any, ...], tuple[Any, str, str]] = {}
     for r in records:
-        weights = r["model"].get("weights")
-        if weights is None:
-            continue
         key = (r["data"]["key"], r["model"]["name"], r["regime"], r["seed"])
-        first = seen.setdefault(key, (weights, r["run_id"]))
-        if first[0] != weights:
+        order = r["config"].get("eval", {}).get("order", "dataset")
+        mine = (r["model"].get("weights"), order)
+        first = seen.setdefault(key, (*mine, r["run_id"]))
+        if first[:2] != mine:
             raise UserError(
-                f"{first[1]} and {r['run_id']} evaluated different weights ({first[0]} vs {weights}); "
-                "delete that model's records and rerun its study unit"
+                f"{first[2]} and {r['run_id']} evaluated different weights or images (weights "
+                f"{first[0]} vs {mine[0]}, eval.order {first[1]} vs {order}); delete that model's records "
+                "and rerun its study unit"
             )
     for r in records:
         parent = r["model"].get("parent_weights")
         standard = seen.get((r["data"]["key"], r["model"]["name"], "standard", r["seed"]))
         if parent is not None and standard is not None and standard[0] != parent:
             raise UserError(
-                f"{r['run_id']} was fine-tuned from weights {parent}, but {standard[1]} evaluated "
+                f"{r['run_id']} was fine-tuned from weights {parent}, but {standard[2]} evaluated "
                 f"{standard[0]}; delete that model's records and rerun its study unit"
             )
 

@@ -2,9 +2,10 @@
 
 A *unit* is one model of the grid: standard training, its evaluation, fine-tuning and the
 fine-tuned model's evaluation. Each (model, regime, attack) writes one run record as soon as
-it is done. A record counts as done when its config hash matches and it evaluated the very
-weights the unit has now (``model.weights``; fine-tuned records also name their parent's,
-``model.parent_weights``). So a study killed at any point resumes where it stopped when the
+it is done. A unit whose records all match their config hash and agree on one set of weights
+(``model.weights``; the fine-tuned ones also on their parent, ``model.parent_weights``) is
+skipped without loading its models. A unit that has to run redoes every record that did not
+evaluate the weights it has now. So a study killed at any point resumes where it stopped when the
 trained models come back from the checkpoint cache, and when they had to be retrained (a fresh
 GPU machine: its training is not bit-reproducible) the unit's old records are redone rather
 than mixed with records of other weights.
@@ -28,7 +29,7 @@ from robust_mnv1.cost import layer_costs
 from robust_mnv1.data import Dataset, load_dataset
 from robust_mnv1.envinfo import environment
 from robust_mnv1.leaderboard import generate
-from robust_mnv1.records import config_hash, make_run_id, write_record
+from robust_mnv1.records import config_hash, make_run_id, validate_record, write_record
 from robust_mnv1.zoo import cache_root, finetuned_model, make_model, resolve_device, standard_model
 
 ATTACKS = ("fgsm", "pgd", "cw")
@@ -76,13 +77,14 @@ class Unit:
         return self.runs_dir / f"{run_id}.json", config_hash(cfgd)
 
     def record(self, regime: str, attack: str) -> dict[str, Any] | None:
-        """The stored record for (regime, attack) if it exists and was made with this config."""
+        """The stored record for (regime, attack) if it exists, is valid and was made with this config."""
         path, digest = self.path(regime, attack)
         try:
             record = json.loads(path.read_text())
-            return record if record["config_hash"] == digest and isinstance(record["model"], dict) else None
-        except (OSError, ValueError, KeyError, TypeError):
+            validate_record(record)
+        except (OSError, ValueError):  # RecordError is a ValueError: an invalid record is redone
             return None
+        return record if record["config_hash"] == digest else None
 
     def done(self, regime: str, attack: str, weights: str | None = None, parent: str | None = None) -> bool:
         """Whether the record exists with this config and, when given, these weights and parent weights."""
@@ -93,15 +95,27 @@ class Unit:
             and (parent is None or record["model"].get("parent_weights") == parent)
         )
 
+    def agreed_weights(self, regime: str, parent: str | None = None) -> str | None:
+        """The one weights digest of the regime's records when they all exist and share it (and, when
+        ``parent`` is given, all name it as their parent); else None. Digest-less records agree on ""."""
+        records = [self.record(regime, a) for a in self.attacks]
+        if any(r is None for r in records):
+            return None
+        if parent is not None and any(r["model"].get("parent_weights") != parent for r in records):
+            return None
+        digests = {r["model"].get("weights", "") for r in records}
+        return digests.pop() if len(digests) == 1 else None
+
     def complete(self) -> bool:
         """Every record exists with this config, and they agree on the unit's weights: one digest per
-        regime, the fine-tuned records naming the standard one as their parent."""
-        records = {(r, a): self.record(r, a) for r in self.regimes for a in self.attacks}
-        if any(rec is None for rec in records.values()):
+        regime, the fine-tuned records naming the standard one as their parent. Decided from the
+        records alone, so a finished unit is skipped without loading (or retraining) its models."""
+        if not self.attacks:
+            return True
+        standard = self.agreed_weights("standard")
+        if standard is None:
             return False
-        weights = {r: {records[r, a]["model"].get("weights") for a in self.attacks} for r in self.regimes}
-        parents = {records[self.regimes[1], a]["model"].get("parent_weights") for a in self.attacks}
-        return all(len(w) == 1 for w in weights.values()) and parents == weights["standard"]
+        return self.agreed_weights(self.regimes[1], parent=standard or None) is not None
 
     def run(self) -> None:
         if self.complete():
@@ -112,7 +126,9 @@ class Unit:
         std_weights = weights_digest(model)
         stages = {"standard": (model, meta, std_weights)}
         tuned = self.regimes[1]
-        if not all(self.done(tuned, a, parent=std_weights) for a in self.attacks):
+        # The fine-tuned model is loaded (or trained) unless its records already agree on one set of
+        # weights fine-tuned from this standard model: records split between two fine-tunes are redone.
+        if self.agreed_weights(tuned, parent=std_weights) is None:
             m, m_meta = finetuned_model(cfg, self.dataset, device, model, meta)
             stages[tuned] = (m, m_meta, weights_digest(m))
         costs = layer_costs(model)

@@ -26,7 +26,7 @@ from robust_mnv1.errors import UserError
 from robust_mnv1.records import (
     RecordError,
     RecordWarning,
-    check_weights_agree,
+    check_combinable,
     config_hash,
     decode_mask,
     encode_mask,
@@ -353,8 +353,8 @@ def test_records_of_one_model_agree_on_weights(study):
     records = _with_weights(study)
     for r in records:
         validate_record(r)
-    check_weights_agree(records)
-    check_weights_agree(study)  # records without digests are not checked
+    check_combinable(records)
+    check_combinable(study)  # records made before digests existed all lack them: combinable
 
 
 def test_records_of_different_weights_in_one_row_are_refused(study):
@@ -362,7 +362,7 @@ def test_records_of_different_weights_in_one_row_are_refused(study):
     victim = next(r for r in records if r["regime"] == "standard" and r["attack"] == "cw")
     victim["model"]["weights"] = "f" * 16
     with pytest.raises(UserError, match=re.escape(victim["run_id"]) + ".*different weights"):
-        check_weights_agree(records)
+        check_combinable(records)
 
 
 def test_fine_tuned_records_must_start_from_the_standard_weights(study):
@@ -372,4 +372,22 @@ def test_fine_tuned_records_must_start_from_the_standard_weights(study):
         if r["model"]["name"] == victim["model"]["name"] and r["regime"] == "pgd-at":
             r["model"]["parent_weights"] = "e" * 16
     with pytest.raises(UserError, match="fine-tuned from weights " + "e" * 16):
-        check_weights_agree(records)
+        check_combinable(records)
+
+
+def test_a_row_mixing_records_with_and_without_digests_is_refused(study):
+    records = _with_weights(study)
+    victim = next(r for r in records if r["regime"] == "standard" and r["attack"] == "pgd")
+    del victim["model"]["weights"]
+    with pytest.raises(UserError, match="different weights or images"):
+        check_combinable(records)
+
+
+def test_a_row_mixing_evaluation_orders_is_refused(study):
+    records = _with_weights(study)
+    for r in records:
+        r["config"].setdefault("eval", {})["order"] = "stratified"
+    victim = next(r for r in records if r["regime"] == "pgd-at" and r["attack"] == "fgsm")
+    victim["config"]["eval"]["order"] = "dataset"
+    with pytest.raises(UserError, match=re.escape("eval.order dataset vs stratified")):
+        check_combinable(records)

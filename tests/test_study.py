@@ -103,19 +103,26 @@ def test_records_name_their_weights_and_a_record_of_other_weights_is_redone(smok
         else:
             assert "parent_weights" not in r["model"]
 
-    # Pretend one standard record came from a retrained model: only it is redone, with the right digest.
+    # Pretend a standard record and a fine-tuned one (same parent) came from other models, as when a
+    # slice retrained them and was cut off: only those two are redone, with the cached models' digests.
     runs = tmp_path / "results" / "runs"
     shutil.copytree(root / "results" / "runs", runs)
-    victim = next(p for p in sorted(runs.glob("*.json")) if "__standard__fgsm__" in p.name)
-    stale = json.loads(victim.read_text())
-    stale["model"]["weights"] = "0" * 16
-    victim.write_text(json.dumps(stale))
+    files = sorted(runs.glob("*.json"))
+    victims = [
+        next(p for p in files if "0.25-32px__standard__fgsm__" in p.name),
+        next(p for p in files if "0.50-32px__pgd-at__pgd__" in p.name),
+    ]
+    for victim in victims:
+        stale = json.loads(victim.read_text())
+        stale["model"]["weights"] = "0" * 16
+        victim.write_text(json.dumps(stale))
     before = {p.name: p.read_text() for p in runs.glob("*.json")}
     run([*FAST, f"results_dir={tmp_path}/results", f"hydra.run.dir={tmp_path}/out"], root / "cache")
     after = {p.name: p.read_text() for p in runs.glob("*.json")}
-    assert [name for name in before if before[name] != after[name]] == [victim.name]
-    redone = json.loads(after[victim.name])
-    assert redone["model"]["weights"] == by_key[(stale["model"]["name"], "standard")]
+    assert sorted(name for name in before if before[name] != after[name]) == sorted(v.name for v in victims)
+    for victim in victims:
+        redone = json.loads(after[victim.name])
+        assert redone["model"]["weights"] == by_key[(redone["model"]["name"], redone["regime"])]
 
 
 def test_parallel_joblib_sweep_leaves_consistent_records(smoke, tmp_path):
