@@ -7,7 +7,8 @@ of 2 GiB, freed buffers are reused instead: CPU attack steps ran 1.33-1.43x and 
 1.07-1.09x as fast (docs/performance.md). 32 MiB is the largest mmap threshold glibc accepts, and
 at alpha=1, batch 256 several activations are that large, so mmap is switched off altogether: a
 PGD-7 training step at that size then ran about 1.2-1.45x as fast and stopped varying from run to
-run. The cost is a resident set that stays at its peak.
+run. The cost: the resident set stays at its peak, and over a long run can creep above it, since
+glibc returns only the top of its heap and freed gaps below live buffers stay mapped.
 
 Process-wide, so only the entry points call it (the run and cost CLIs, the benches), never the
 libraries. Setting either threshold by hand also turns off glibc's own adaptive thresholds, which
