@@ -52,7 +52,7 @@ def eval_subset(
     split: Split, n: int | None, device: torch.device, order: str = "stratified"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``n`` test images of :func:`eval_order` (all when ``n`` is None), as floats in [0, 1]."""
-    idx = eval_order(split.y, order)[: len(split.y) if n is None else n]
+    idx = eval_order(split.y, order)[:n]
     return split.x[idx].to(device).float().div_(255), split.y[idx].to(device)
 
 
