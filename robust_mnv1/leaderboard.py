@@ -31,7 +31,7 @@ from matplotlib.ticker import FuncFormatter
 
 from robust_mnv1.errors import UserError
 from robust_mnv1.records import REGIMES, check_combinable, decode_mask, load_profiles, load_records
-from robust_mnv1.stats import spearman_with_ci, wilson_ci
+from robust_mnv1.stats import spearman_permutation_p, spearman_with_ci, wilson_ci
 
 REGIME_LABELS = {"standard": "standard", "pgd-at": "PGD-AT", "fast-at": "fast-AT", "trades": "TRADES"}
 # (metric key, attack, eps in units of 1/255) of the accuracy columns; "worst" is every attack.
@@ -54,6 +54,8 @@ METRIC_COLUMNS = {
 FIGURES = ("robust_acc_vs_eps", "robustness_vs_macs", "finetune_gain")
 SPEARMAN_SEED = 0
 N_BOOT = 2000
+# Two-sided level of the permutation test that a verdict must pass besides its bootstrap CI.
+VERDICT_P = 0.05
 DASH = "—"
 
 LIGHTER = "lighter models are easier to fool"
@@ -272,6 +274,7 @@ class Finding:
     rho: float
     lo: float
     hi: float
+    p: float
     n: int
     verdict: str
     text: str
@@ -281,24 +284,46 @@ def _fmt_num(x: float, fmt: str = ".2f") -> str:
     return "n/a" if math.isnan(x) else format(x, fmt)
 
 
-def _sign(lo: float, hi: float, n: int) -> int:
-    # nan bounds compare False, so a missing interval is never a verdict.
-    if n >= 3 and lo > 0:
-        return 1
-    if n >= 3 and hi < 0:
-        return -1
-    return 0
+def _sign(lo: float, hi: float, p: float) -> int:
+    # nan compares False, so a missing interval or p-value is never a verdict.
+    if not p < VERDICT_P:
+        return 0
+    return 1 if lo > 0 else -1 if hi < 0 else 0
+
+
+def _redraw(rows: pd.DataFrame, metric: str, rng: np.random.Generator, suffix: str = "") -> np.ndarray | None:
+    """N_BOOT binomial redraws of each row's accuracy from its pooled counts (columns ``<metric>_k``
+    and ``_n``, plus ``suffix``): the noise of a finite test set, for the bootstrap's second level.
+    Seed-to-seed variance is not in them. None for C&W, whose records hold no per-image distances."""
+    if metric == "cw":
+        return None
+    k, n = rows[f"{metric}_k{suffix}"].to_numpy(), rows[f"{metric}_n{suffix}"].to_numpy()
+    return rng.binomial(n, k / n, size=(N_BOOT, len(rows))) / n
 
 
 def _make_finding(
-    data: str, kind: str, metric: str, regime: str, macs: np.ndarray, values: np.ndarray
+    data: str,
+    kind: str,
+    metric: str,
+    regime: str,
+    macs: np.ndarray,
+    values: np.ndarray,
+    draws: np.ndarray | None,
 ) -> Finding:
     n = len(macs)
-    rho, lo, hi = spearman_with_ci(macs, values, n_boot=N_BOOT, seed=SPEARMAN_SEED) if n else (math.nan,) * 3
-    sign = _sign(lo, hi, n)
+    if n:
+        rho, lo, hi = spearman_with_ci(macs, values, n_boot=N_BOOT, seed=SPEARMAN_SEED, y_draws=draws)
+        p = spearman_permutation_p(macs, values, seed=SPEARMAN_SEED)
+    else:
+        rho = lo = hi = p = math.nan
+    sign = _sign(lo, hi, p)
     label = METRIC_LABELS[metric]
-    stats = f"ρ_s = {_fmt_num(rho)}, 95% CI [{_fmt_num(lo)}, {_fmt_num(hi)}], n = {n} model{'s' * (n != 1)}"
-    if n < 3:
+    stats = (
+        f"ρ_s = {_fmt_num(rho)}, 95% CI [{_fmt_num(lo)}, {_fmt_num(hi)}], "
+        f"permutation p = {_fmt_num(p, '.2g')}, n = {n} model{'s' * (n != 1)}"
+    )
+    # Without ties the smallest two-sided p of n ranks is 2/n!, so below 5 models none passes.
+    if not 2 / math.factorial(n) < VERDICT_P:
         stats += "; too few models for a verdict"
     if kind == "robustness":
         verdict = {1: LIGHTER, -1: LARGER, 0: INCONCLUSIVE}[sign]
@@ -309,13 +334,14 @@ def _make_finding(
         verdict = {1: GAIN_LARGER, -1: GAIN_LIGHTER, 0: INCONCLUSIVE}[sign]
         body = verdict if sign else "inconclusive whether the gain from fine-tuning depends on model size"
         text = f"{REGIME_LABELS[regime]} vs standard: {body} under {label} ({stats})"
-    return Finding(data, kind, metric, regime, rho, lo, hi, n, verdict, text)
+    return Finding(data, kind, metric, regime, rho, lo, hi, p, n, verdict, text)
 
 
 def _gains(table: pd.DataFrame, regime: str, metric: str) -> pd.DataFrame:
     col = METRIC_COLUMNS[metric]
-    std = table[table["regime"] == "standard"][["data_key", "model", col]]
-    adv = table[table["regime"] == regime][["data_key", "model", "macs", "alpha", "rho", col]]
+    cols = [col] if metric == "cw" else [col, f"{metric}_k", f"{metric}_n"]
+    std = table[table["regime"] == "standard"][["data_key", "model", *cols]]
+    adv = table[table["regime"] == regime][["data_key", "model", "macs", "alpha", "rho", *cols]]
     merged = adv.merge(std, on=["data_key", "model"], suffixes=("", "_standard"), sort=True)
     merged["gain"] = merged[col] - merged[f"{col}_standard"]
     return merged[np.isfinite(merged["gain"])]
@@ -331,9 +357,13 @@ def _rank_safe(values: np.ndarray) -> np.ndarray:
 def findings(records_or_table: Iterable[Mapping[str, Any]] | pd.DataFrame) -> list[Finding]:
     """Size-vs-robustness and size-vs-gain correlations for every dataset, regime and metric.
 
-    Positive ρ_s with a 95% bootstrap CI entirely above 0 means lighter models are easier to
-    fool (or, for gains, that fine-tuning helps larger models more); a CI entirely below 0 the
-    reverse; a CI that crosses 0, a nan correlation or fewer than 3 models is inconclusive.
+    The CI is a two-level percentile bootstrap: models are resampled, and each accuracy is
+    redrawn from its counts (binomial; gains redraw both regimes independently, which is
+    conservative as both saw the same images). Positive ρ_s with the CI entirely above 0 and a
+    two-sided permutation p below ``VERDICT_P`` means lighter models are easier to fool (or, for
+    gains, that fine-tuning helps larger models more); a CI entirely below 0 with such a p the
+    reverse; anything else (including a nan correlation, or fewer than 5 models, whose p cannot
+    go below 0.05) is inconclusive.
     """
     table = records_or_table if isinstance(records_or_table, pd.DataFrame) else build_table(records_or_table)
     out: list[Finding] = []
@@ -347,13 +377,20 @@ def findings(records_or_table: Iterable[Mapping[str, Any]] | pd.DataFrame) -> li
             for metric, col in METRIC_COLUMNS.items():
                 ok = rows[~np.isnan(rows[col])]
                 values = _rank_safe(ok[col].to_numpy())
+                draws = _redraw(ok, metric, np.random.default_rng(SPEARMAN_SEED))
                 out.append(
-                    _make_finding(data_key, "robustness", metric, regime, ok["macs"].to_numpy(), values)
+                    _make_finding(
+                        data_key, "robustness", metric, regime, ok["macs"].to_numpy(), values, draws
+                    )
                 )
         if "standard" in regimes:
             for regime in regimes[1:]:
                 for metric in METRIC_COLUMNS:
                     gains = _gains(data, regime, metric)
+                    rng = np.random.default_rng(SPEARMAN_SEED)
+                    draws = _redraw(gains, metric, rng)
+                    if draws is not None:
+                        draws = draws - _redraw(gains, metric, rng, "_standard")
                     out.append(
                         _make_finding(
                             data_key,
@@ -362,6 +399,7 @@ def findings(records_or_table: Iterable[Mapping[str, Any]] | pd.DataFrame) -> li
                             regime,
                             gains["macs"].to_numpy(),
                             gains["gain"].to_numpy(),
+                            draws,
                         )
                     )
     return out
@@ -636,8 +674,10 @@ def render_markdown(
             "### Findings",
             "",
             "Spearman rank correlation ρ_s between model size (MACs) and robustness across the models of "
-            "each regime, with a percentile bootstrap 95% CI over models. With only a handful of models the "
-            "CI is wide: a verdict needs the whole CI on one side of 0 (and at least 3 models).",
+            "each regime. The 95% CI is a percentile bootstrap over models in which each model's accuracy is "
+            "also redrawn from its test counts (C&W medians are not: records keep no per-image distances); "
+            "p is the exact two-sided permutation p-value of ρ_s. A verdict needs the whole CI on one side "
+            f"of 0 and p < {VERDICT_P}; fewer than 5 models can never reach that p.",
             "",
         ]
         mine_f = [f for f in all_findings if f.data == data_key]

@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from robust_mnv1.leaderboard import INCONCLUSIVE, build_table, findings, table_lines
+from robust_mnv1.leaderboard import INCONCLUSIVE, VERDICT_P, build_table, findings, table_lines
 from robust_mnv1.records import load_records
 
 START, END = "<!-- findings:start -->", "<!-- findings:end -->"
@@ -36,13 +36,15 @@ def section(results_dir: Path, readme_dir: Path) -> str:
         "",
         *table_lines(table.head(TOP_ROWS)),
         "",
-        "Computed verdicts (Spearman correlation of MACs with robustness, bootstrap 95% CI):",
+        "Computed verdicts (Spearman correlation of MACs with robustness: a verdict needs its two-level "
+        f"bootstrap 95% CI on one side of 0 and an exact permutation p < {VERDICT_P}):",
         "",
     ]
     found = findings(table)
     decided = [f for f in found if f.verdict != INCONCLUSIVE]
     lines += [f"- {f.text}" for f in decided] or [
-        "- none: every correlation's CI crosses 0 or has too few models"
+        f"- none: every correlation's CI crosses 0, its permutation p is at least {VERDICT_P}, "
+        "or it has too few models"
     ]
     lines += [
         f"- {len(found) - len(decided)} of {len(found)} comparisons are inconclusive (see the full board).",

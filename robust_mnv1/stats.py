@@ -7,6 +7,7 @@ leaderboard must be byte-identical when it is regenerated from the same records.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 
@@ -106,30 +107,42 @@ def _rowwise_spearman(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.clip(rho, -1.0, 1.0)
 
 
+def _paired(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray, caller: str):
+    xs = np.asarray(x, dtype=float).ravel()
+    ys = np.asarray(y, dtype=float).ravel()
+    if xs.shape != ys.shape:
+        raise UserError(f"{caller} needs paired samples, got {xs.size} x values and {ys.size} y values")
+    if not (np.all(np.isfinite(xs)) and np.all(np.isfinite(ys))):
+        raise UserError(f"{caller} needs finite values; drop missing (nan/inf) pairs first")
+    return xs, ys
+
+
 def spearman_with_ci(
     x: Sequence[float] | np.ndarray,
     y: Sequence[float] | np.ndarray,
     n_boot: int = 2000,
     seed: int = 0,
     level: float = 0.95,
+    y_draws: np.ndarray | None = None,
 ) -> tuple[float, float, float]:
     """Spearman rank correlation of paired samples with a percentile bootstrap interval.
 
     Ties get average ranks. Pairs ``(x_i, y_i)`` are resampled together; resamples in which
-    x or y is constant have no defined correlation and are skipped. Returns
+    x or y is constant have no defined correlation and are skipped. ``y_draws``, of shape
+    ``(n_boot, len(y))``, adds the measurement noise of each y (a second bootstrap level):
+    resample ``b`` pairs ``x_i`` with ``y_draws[b, i]`` instead of ``y_i``. Returns
     ``(rho, lo, hi)``: ``rho`` is nan when x or y is constant or there are fewer than 2 pairs,
     and the interval is nan when fewer than half of the resamples were usable.
     """
     _check_level(level)
     _check_n_boot(n_boot)
-    xs = np.asarray(x, dtype=float).ravel()
-    ys = np.asarray(y, dtype=float).ravel()
-    if xs.shape != ys.shape:
-        raise UserError(
-            f"spearman_with_ci needs paired samples, got {xs.size} x values and {ys.size} y values"
-        )
-    if not (np.all(np.isfinite(xs)) and np.all(np.isfinite(ys))):
-        raise UserError("spearman_with_ci needs finite values; drop missing (nan/inf) pairs first")
+    xs, ys = _paired(x, y, "spearman_with_ci")
+    if y_draws is not None:
+        y_draws = np.asarray(y_draws, dtype=float)
+        if y_draws.shape != (n_boot, ys.size) or not np.all(np.isfinite(y_draws)):
+            raise UserError(
+                f"y_draws must be a finite array of shape ({n_boot}, {ys.size}), got {y_draws.shape}"
+            )
     if xs.size < 2:
         return math.nan, math.nan, math.nan
     rho = float(_rowwise_spearman(xs[None, :], ys[None, :])[0])
@@ -137,9 +150,48 @@ def spearman_with_ci(
         return math.nan, math.nan, math.nan
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, xs.size, size=(n_boot, xs.size))
-    boot = _rowwise_spearman(xs[idx], ys[idx])
+    yb = ys[idx] if y_draws is None else np.take_along_axis(y_draws, idx, axis=1)
+    boot = _rowwise_spearman(xs[idx], yb)
     boot = boot[~np.isnan(boot)]
     if boot.size < _MIN_VALID_FRACTION * n_boot:
         return rho, math.nan, math.nan
     lo, hi = _percentile_interval(boot, level)
     return rho, lo, hi
+
+
+# Up to this many pairs the permutation test enumerates every pairing (8! = 40320).
+_EXACT_PERMUTATION_MAX_N = 8
+
+
+def spearman_permutation_p(
+    x: Sequence[float] | np.ndarray,
+    y: Sequence[float] | np.ndarray,
+    n_perm: int = 20000,
+    seed: int = 0,
+) -> float:
+    """Two-sided permutation p-value of Spearman's rho against no association.
+
+    The share of pairings of y with x whose ``|rho|`` reaches the observed one. With at most 8
+    pairs every pairing is enumerated (exact); beyond that ``n_perm`` random ones are drawn and
+    the observed pairing counts among them, ``(1 + hits) / (1 + n_perm)``. A bootstrap interval
+    over a handful of points cannot say this: 4 perfectly ordered points give the interval
+    [1, 1], yet a random order of 4 is perfect in 1 case of 12. nan when rho is undefined.
+    """
+    _check_n_boot(n_perm)
+    xs, ys = _paired(x, y, "spearman_permutation_p")
+    if xs.size < 2:
+        return math.nan
+    rho = _rowwise_spearman(xs[None, :], ys[None, :])[0]
+    if math.isnan(rho):
+        return math.nan
+    if xs.size <= _EXACT_PERMUTATION_MAX_N:
+        orders = np.array(list(itertools.permutations(range(xs.size))))
+        extra = 0
+    else:
+        rng = np.random.default_rng(seed)
+        orders = rng.permuted(np.tile(np.arange(xs.size), (n_perm, 1)), axis=1)
+        extra = 1
+    perm = _rowwise_spearman(np.broadcast_to(xs, orders.shape), ys[orders])
+    # Rank correlations take few distinct values; the tolerance keeps ties with the observed one.
+    hits = int(np.count_nonzero(np.abs(perm) >= abs(rho) - 1e-9))
+    return (hits + extra) / (len(orders) + extra)

@@ -165,22 +165,28 @@ def _verdicts(findings, kind: str) -> dict[tuple[str, str], str]:
     return {(f.regime, f.metric): f.verdict for f in findings if f.kind == kind}
 
 
-def test_monotone_data_lighter_models_are_easier_to_fool(table):
-    found = lb.findings(table)
+# Seven widths, as many models as the study has per regime; 2000 images keep the test-set noise
+# of the gains (the difference of two redrawn accuracies) small against their trend.
+SEVEN = (0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
+
+
+def test_monotone_data_lighter_models_are_easier_to_fool():
+    found = lb.findings(make_study(alphas=SEVEN, n=2000))
     robustness = _verdicts(found, "robustness")
     assert len(robustness) == 2 * 5
     assert set(robustness.values()) == {lb.LIGHTER}
     assert set(_verdicts(found, "gain").values()) == {lb.GAIN_LARGER}
     f = next(f for f in found if (f.kind, f.regime, f.metric) == ("robustness", "standard", "pgd2"))
-    assert f.n == 4 and f.rho == 1.0 and f.lo > 0
+    assert f.n == 7 and f.rho == 1.0 and f.lo > 0
+    assert f.p == pytest.approx(2 / math.factorial(7))
     assert f.text.startswith(
         "standard training: lighter models are easier to fool under PGD@2/255 (ρ_s = 1.00"
     )
-    assert "n = 4 models" in f.text
+    assert "permutation p = 0.0004, n = 7 models" in f.text
 
 
 def test_reversed_data_larger_models_are_easier_to_fool():
-    records = make_study(regimes=("standard",), robust_rank=(3, 2, 1, 0))
+    records = make_study(alphas=SEVEN, regimes=("standard",), robust_rank=tuple(range(6, -1, -1)), n=2000)
     assert set(_verdicts(lb.findings(records), "robustness").values()) == {lb.LARGER}
 
 
@@ -193,6 +199,36 @@ def test_shuffled_data_is_inconclusive():
     for f in found:
         assert f.lo < 0 < f.hi
         assert "inconclusive" in f.text
+
+
+def test_four_perfectly_ordered_models_are_no_verdict(table):
+    # A bootstrap over 4 perfectly ordered models puts the CI above 0; yet a random order of 4
+    # is perfect (either way) in 1 case of 12, so the permutation test keeps it inconclusive.
+    found = lb.findings(table)
+    assert {f.verdict for f in found} == {lb.INCONCLUSIVE}
+    f = next(f for f in found if (f.kind, f.regime, f.metric) == ("robustness", "standard", "pgd2"))
+    assert (f.n, f.rho, f.hi) == (4, 1.0, 1.0) and f.lo > 0
+    assert f.p == pytest.approx(1 / 12)
+    assert "permutation p = 0.083, n = 4 models; too few models for a verdict" in f.text
+
+
+def test_test_set_noise_can_outweigh_a_perfect_order():
+    table = lb.build_table(make_study(alphas=SEVEN, regimes=("standard",), n=2000))
+    n = 10_000
+
+    def pgd8_finding(counts):
+        tab = table.copy()
+        tab["pgd8_k"], tab["pgd8_n"] = counts, n
+        tab["pgd8_acc"] = tab["pgd8_k"] / n
+        return next(f for f in lb.findings(tab) if f.metric == "pgd8")
+
+    # Models one image apart in 10000 are perfectly ordered (p = 2/7!), but the order is noise.
+    by_macs = np.argsort(np.argsort(table["macs"].to_numpy()))
+    noise = pgd8_finding(1 + by_macs)
+    assert noise.rho == 1.0 and noise.p < lb.VERDICT_P
+    assert noise.lo < 0 < noise.hi and noise.verdict == lb.INCONCLUSIVE
+    # Two hundred images apart, the same order is a verdict.
+    assert pgd8_finding(200 * (1 + by_macs)).verdict == lb.LIGHTER
 
 
 def test_too_few_models_is_inconclusive():
@@ -234,7 +270,7 @@ def test_markdown_sections(study, table):
         "torch 2.11.0",
         "`abc1234`",
         "pooled over seeds",
-        "the CI is wide",
+        "fewer than 5 models can never reach that p",
         "### Clean-accuracy cost of fine-tuning",
         "![finetune_gain](figures/finetune_gain.png)",
     ):

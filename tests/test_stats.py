@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from scipy.stats import spearmanr
+from scipy.stats import permutation_test, spearmanr
 
 from robust_mnv1 import stats
 from robust_mnv1.errors import UserError
-from robust_mnv1.stats import bootstrap_ci, spearman_with_ci, wilson_ci
+from robust_mnv1.stats import bootstrap_ci, spearman_permutation_p, spearman_with_ci, wilson_ci
 
 
 def test_wilson_known_values():
@@ -132,3 +132,59 @@ def test_spearman_rejects_unpaired_or_missing_values():
         spearman_with_ci([1, 2, 3], [1, 2])
     with pytest.raises(UserError, match="finite"):
         spearman_with_ci([1, 2, math.nan], [1, 2, 3])
+
+
+def test_spearman_draws_add_measurement_noise():
+    x = np.arange(6.0)
+    y = x / 100
+    # Draws equal to the observed values leave the interval as it was.
+    same = np.tile(y, (2000, 1))
+    assert spearman_with_ci(x, y, y_draws=same) == spearman_with_ci(x, y)
+    # Draws whose noise swamps the spacing of y pull the interval across 0.
+    noisy = y + np.random.default_rng(0).normal(0, 1.0, size=(2000, 6))
+    rho, lo, hi = spearman_with_ci(x, y, y_draws=noisy)
+    assert rho == 1.0 and lo < 0 < hi
+
+
+@pytest.mark.parametrize("draws", [np.zeros((10, 6)), np.full((2000, 6), math.nan)])
+def test_spearman_rejects_bad_draws(draws):
+    with pytest.raises(UserError, match="y_draws"):
+        spearman_with_ci(np.arange(6.0), np.arange(6.0), y_draws=draws)
+
+
+@pytest.mark.parametrize("n", [3, 5, 6, 8])
+def test_permutation_p_is_exact(n):
+    rng = np.random.default_rng(n)
+    x = rng.integers(0, 4, size=n).astype(float)  # ties in x, as equal MACs would give
+    y = x + rng.normal(size=n)
+    expected = permutation_test(
+        (y,), lambda v: spearmanr(x, v).statistic, permutation_type="pairings", n_resamples=np.inf
+    ).pvalue
+    assert spearman_permutation_p(x, y) == pytest.approx(expected)
+
+
+def test_permutation_p_of_perfect_orders():
+    for n in (2, 3, 4, 5, 7):
+        assert spearman_permutation_p(range(n), range(n)) == pytest.approx(2 / math.factorial(n))
+        assert spearman_permutation_p(range(n), range(n, 0, -1)) == pytest.approx(2 / math.factorial(n))
+
+
+def test_permutation_p_monte_carlo_agrees_with_exact(monkeypatch):
+    rng = np.random.default_rng(1)
+    x = np.arange(9.0)
+    y = x + rng.normal(0, 3, size=9)
+    sampled = spearman_permutation_p(x, y, n_perm=20000, seed=3)  # 9 pairs: sampled
+    monkeypatch.setattr(stats, "_EXACT_PERMUTATION_MAX_N", 9)
+    exact = spearman_permutation_p(x, y)
+    monkeypatch.undo()
+    assert sampled == spearman_permutation_p(x, y, n_perm=20000, seed=3)
+    assert sampled == pytest.approx(exact, abs=0.01)
+
+
+def test_permutation_p_degenerate_and_bad_inputs():
+    assert math.isnan(spearman_permutation_p([1, 2, 3], [4, 4, 4]))
+    assert math.isnan(spearman_permutation_p([1], [2]))
+    with pytest.raises(UserError, match="paired"):
+        spearman_permutation_p([1, 2, 3], [1, 2])
+    with pytest.raises(UserError, match="finite"):
+        spearman_permutation_p([1, 2, math.inf], [1, 2, 3])
