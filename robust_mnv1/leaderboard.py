@@ -53,6 +53,8 @@ METRIC_COLUMNS = {
 }
 FIGURES = ("robust_acc_vs_eps", "robustness_vs_macs", "finetune_gain")
 SPEARMAN_SEED = 0
+# The redraws get their own stream, apart from the bootstrap's resampling of models.
+REDRAW_SEED = (SPEARMAN_SEED, 1)
 N_BOOT = 2000
 # Two-sided level of the permutation test that a verdict must pass besides its bootstrap CI.
 VERDICT_P = 0.05
@@ -80,7 +82,8 @@ class _SeedSummary:
     clean: tuple[int, int]
     points: dict[tuple[str, float], tuple[int, int]]  # (attack, eps_255) -> (robust, n), strongest loss
     worst: dict[float, tuple[int, int, bool]]  # eps_255 -> (robust, n, masks had different n)
-    cw: tuple[float, float, float] | None  # median L2, CI lo, CI hi
+    # median L2, CI lo, CI hi, and the per-image distances when the record has them
+    cw: tuple[float, float, float, np.ndarray | None] | None
 
 
 @dataclass
@@ -117,7 +120,8 @@ def _summarize_seed(records: Sequence[Mapping[str, Any]]) -> _SeedSummary:
     cw_records = [r for r in records if r["cw"] is not None]
     if cw_records:
         block = cw_records[0]["cw"]
-        cw = (float(block["median_l2"]), *map(float, block["median_l2_ci95"]))
+        l2 = np.asarray(block["l2_per_image"], dtype=float) if "l2_per_image" in block else None
+        cw = (float(block["median_l2"]), *map(float, block["median_l2_ci95"]), l2)
     return _SeedSummary((best_clean["correct"], best_clean["n"]), points, worst, cw)
 
 
@@ -191,6 +195,9 @@ def _row_dict(row: _Row) -> dict[str, Any]:
     # the row shows the envelope of the per-seed bootstrap intervals (conservative).
     out["cw_lo"] = min(c[1] for c in cws) if cws else math.nan
     out["cw_hi"] = max(c[2] for c in cws) if cws else math.nan
+    # For the findings' redraws; kept out of the CSV.
+    distances = [c[3] for c in cws]
+    out["cw_l2_per_seed"] = tuple(distances) if cws and all(d is not None for d in distances) else None
     latencies = [r["latency_ms_cpu_b1"] for r in row.records if r["latency_ms_cpu_b1"] is not None]
     out["latency_ms"] = float(np.mean(latencies)) if latencies else math.nan
     out["sanity_flags"] = _sanity_text(row.records)
@@ -292,13 +299,25 @@ def _sign(lo: float, hi: float, p: float) -> int:
 
 
 def _redraw(rows: pd.DataFrame, metric: str, rng: np.random.Generator, suffix: str = "") -> np.ndarray | None:
-    """N_BOOT binomial redraws of each row's accuracy from its pooled counts (columns ``<metric>_k``
-    and ``_n``, plus ``suffix``): the noise of a finite test set, for the bootstrap's second level.
-    Seed-to-seed variance is not in them. None for C&W, whose records hold no per-image distances."""
-    if metric == "cw":
+    """N_BOOT redraws of each row's metric from its test images, the bootstrap's second level.
+
+    Accuracies come from the Jeffreys posterior Beta(k + 1/2, n - k + 1/2) of their counts pooled
+    over seeds (columns ``<metric>_k``/``_n`` plus ``suffix``), which, unlike a binomial redraw,
+    still varies at 0 or n correct; they centre on the pooled k/n, which is the row's mean over
+    seeds whenever its seeds used the same n. C&W medians are the mean over seeds of a bootstrap
+    median of each seed's per-image distances; None when a row's records lack those (older
+    records), and then no C&W metric is redrawn. Seed-to-seed variance is in neither."""
+    if metric != "cw":
+        k, n = rows[f"{metric}_k{suffix}"].to_numpy(), rows[f"{metric}_n{suffix}"].to_numpy()
+        return rng.beta(k + 0.5, n - k + 0.5, size=(N_BOOT, len(rows)))
+    per_row = list(rows[f"cw_l2_per_seed{suffix}"])
+    if not per_row or any(seeds is None for seeds in per_row):
         return None
-    k, n = rows[f"{metric}_k{suffix}"].to_numpy(), rows[f"{metric}_n{suffix}"].to_numpy()
-    return rng.binomial(n, k / n, size=(N_BOOT, len(rows))) / n
+    medians = [
+        np.mean([np.median(d[rng.integers(0, d.size, (N_BOOT, d.size))], axis=1) for d in seeds], axis=0)
+        for seeds in per_row
+    ]
+    return _rank_safe(np.stack(medians, axis=1))
 
 
 def _make_finding(
@@ -320,8 +339,10 @@ def _make_finding(
     label = METRIC_LABELS[metric]
     stats = (
         f"ρ_s = {_fmt_num(rho)}, 95% CI [{_fmt_num(lo)}, {_fmt_num(hi)}], "
-        f"permutation p = {_fmt_num(p, '.2g')}, n = {n} model{'s' * (n != 1)}"
+        f"permutation p = {_fmt_num(p, '.3g')}, n = {n} model{'s' * (n != 1)}"
     )
+    if draws is None and n:
+        stats += "; medians not redrawn: records without per-image distances"
     # Without ties the smallest two-sided p of n ranks is 2/n!, so below 5 models none passes.
     if not 2 / math.factorial(n) < VERDICT_P:
         stats += "; too few models for a verdict"
@@ -339,7 +360,7 @@ def _make_finding(
 
 def _gains(table: pd.DataFrame, regime: str, metric: str) -> pd.DataFrame:
     col = METRIC_COLUMNS[metric]
-    cols = [col] if metric == "cw" else [col, f"{metric}_k", f"{metric}_n"]
+    cols = [col, "cw_l2_per_seed"] if metric == "cw" else [col, f"{metric}_k", f"{metric}_n"]
     std = table[table["regime"] == "standard"][["data_key", "model", *cols]]
     adv = table[table["regime"] == regime][["data_key", "model", "macs", "alpha", "rho", *cols]]
     merged = adv.merge(std, on=["data_key", "model"], suffixes=("", "_standard"), sort=True)
@@ -377,7 +398,7 @@ def findings(records_or_table: Iterable[Mapping[str, Any]] | pd.DataFrame) -> li
             for metric, col in METRIC_COLUMNS.items():
                 ok = rows[~np.isnan(rows[col])]
                 values = _rank_safe(ok[col].to_numpy())
-                draws = _redraw(ok, metric, np.random.default_rng(SPEARMAN_SEED))
+                draws = _redraw(ok, metric, np.random.default_rng(REDRAW_SEED))
                 out.append(
                     _make_finding(
                         data_key, "robustness", metric, regime, ok["macs"].to_numpy(), values, draws
@@ -387,10 +408,10 @@ def findings(records_or_table: Iterable[Mapping[str, Any]] | pd.DataFrame) -> li
             for regime in regimes[1:]:
                 for metric in METRIC_COLUMNS:
                     gains = _gains(data, regime, metric)
-                    rng = np.random.default_rng(SPEARMAN_SEED)
-                    draws = _redraw(gains, metric, rng)
-                    if draws is not None:
-                        draws = draws - _redraw(gains, metric, rng, "_standard")
+                    # Both regimes saw the same images; independent redraws overstate the noise.
+                    rng = np.random.default_rng(REDRAW_SEED)
+                    adv, std = _redraw(gains, metric, rng), _redraw(gains, metric, rng, "_standard")
+                    draws = None if adv is None or std is None else adv - std
                     out.append(
                         _make_finding(
                             data_key,
@@ -674,10 +695,13 @@ def render_markdown(
             "### Findings",
             "",
             "Spearman rank correlation ρ_s between model size (MACs) and robustness across the models of "
-            "each regime. The 95% CI is a percentile bootstrap over models in which each model's accuracy is "
-            "also redrawn from its test counts (C&W medians are not: records keep no per-image distances); "
-            "p is the exact two-sided permutation p-value of ρ_s. A verdict needs the whole CI on one side "
-            f"of 0 and p < {VERDICT_P}; fewer than 5 models can never reach that p.",
+            "each regime. The 95% CI is a percentile bootstrap over models in which each model's value is "
+            "also redrawn from its test images (accuracies from their counts, C&W medians from their "
+            "per-image distances; seed-to-seed variance is not included, and a gain redraws both regimes "
+            "independently, which widens its CI). p is the two-sided permutation p-value of ρ_s: the share "
+            "of pairings of values with models whose |ρ_s| reaches the observed one (all pairings up to 8 "
+            "models, 20000 random ones beyond). A verdict needs the whole CI on one side of 0 and "
+            f"p < {VERDICT_P}; fewer than 5 models can never reach that p.",
             "",
         ]
         mine_f = [f for f in all_findings if f.data == data_key]
@@ -877,7 +901,7 @@ def generate(results_dir: str | Path) -> dict[str, Path]:
     paths = {"markdown": results_dir / "leaderboard.md", "csv": results_dir / "leaderboard.csv"}
     profiles = load_profiles(results_dir / "profiles")
     paths["markdown"].write_text(render_markdown(records, table, profiles), encoding="utf-8")
-    csv = table.to_csv(index=False, float_format="%.6g", lineterminator="\n")
+    csv = table.drop(columns="cw_l2_per_seed").to_csv(index=False, float_format="%.6g", lineterminator="\n")
     paths["csv"].write_text(csv, encoding="utf-8")
     figures = results_dir / "figures"
     figures.mkdir(parents=True, exist_ok=True)

@@ -37,7 +37,7 @@ def section(results_dir: Path, readme_dir: Path) -> str:
         *table_lines(table.head(TOP_ROWS)),
         "",
         "Computed verdicts (Spearman correlation of MACs with robustness: a verdict needs its two-level "
-        f"bootstrap 95% CI on one side of 0 and an exact permutation p < {VERDICT_P}):",
+        f"bootstrap 95% CI on one side of 0 and a permutation p < {VERDICT_P}):",
         "",
     ]
     found = findings(table)

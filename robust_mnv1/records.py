@@ -295,6 +295,8 @@ def _validate_cw(record: Mapping[str, Any], attack: str) -> None:
     _interval(cw, "median_l2_ci95", "cw.", lo=0.0, hi=math.inf, nan_ok=True)
     _num(cw, "mean_l2", "cw.", lo=0.0, nan_ok=True)
     _num(cw, "success_rate", "cw.", lo=0.0, hi=1.0)
+    if "l2_per_image" in cw:  # optional: records made before it existed lack it
+        _validate_l2_per_image(cw, n_clean_correct)
     robust_at = _get(cw, "robust_at", "cw.")
     if not isinstance(robust_at, list):
         raise _fail("cw.robust_at", f"must be a list, got {type(robust_at).__name__}")
@@ -307,6 +309,18 @@ def _validate_cw(record: Mapping[str, Any], attack: str) -> None:
         _interval(entry, "ci95", path, lo=0.0, hi=1.0)
     _int(cw, "steps", "cw.", minimum=1)
     _int(cw, "binary_search_steps", "cw.", minimum=1)
+
+
+def _validate_l2_per_image(cw: Mapping[str, Any], n_clean_correct: int) -> None:
+    l2 = cw["l2_per_image"]
+    if not isinstance(l2, list) or len(l2) != n_clean_correct:
+        raise _fail("cw.l2_per_image", f"must be a list of cw.n_clean_correct = {n_clean_correct} distances")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in l2):
+        raise _fail("cw.l2_per_image", "must hold numbers >= 0 (inf where C&W never succeeded)")
+    median = cw["median_l2"]
+    # The distances are rounded to 6 significant digits; their median must still be the record's.
+    if l2 and not math.isclose(float(np.median(l2)), median, rel_tol=1e-5):
+        raise _fail("cw.l2_per_image", f"has median {float(np.median(l2))!r}, not cw.median_l2 = {median!r}")
 
 
 def _validate_sanity(record: Mapping[str, Any]) -> None:

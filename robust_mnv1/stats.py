@@ -173,9 +173,11 @@ def spearman_permutation_p(
 
     The share of pairings of y with x whose ``|rho|`` reaches the observed one. With at most 8
     pairs every pairing is enumerated (exact); beyond that ``n_perm`` random ones are drawn and
-    the observed pairing counts among them, ``(1 + hits) / (1 + n_perm)``. A bootstrap interval
-    over a handful of points cannot say this: 4 perfectly ordered points give the interval
-    [1, 1], yet a random order of 4 is perfect in 1 case of 12. nan when rho is undefined.
+    the observed pairing counts among them, ``(1 + hits) / (1 + n_perm)``. With ties in both x
+    and y this can be below scipy's ``permutation_test``, which doubles the smaller one-sided p.
+    A bootstrap interval over a handful of points cannot say this: 4 perfectly ordered points give
+    the interval [1, 1], yet a random order of 4 is perfect in 1 case of 12. nan when rho is
+    undefined.
     """
     _check_n_boot(n_perm)
     xs, ys = _paired(x, y, "spearman_permutation_p")

@@ -182,7 +182,7 @@ def test_monotone_data_lighter_models_are_easier_to_fool():
     assert f.text.startswith(
         "standard training: lighter models are easier to fool under PGD@2/255 (ρ_s = 1.00"
     )
-    assert "permutation p = 0.0004, n = 7 models" in f.text
+    assert "permutation p = 0.000397, n = 7 models" in f.text
 
 
 def test_reversed_data_larger_models_are_easier_to_fool():
@@ -209,7 +209,7 @@ def test_four_perfectly_ordered_models_are_no_verdict(table):
     f = next(f for f in found if (f.kind, f.regime, f.metric) == ("robustness", "standard", "pgd2"))
     assert (f.n, f.rho, f.hi) == (4, 1.0, 1.0) and f.lo > 0
     assert f.p == pytest.approx(1 / 12)
-    assert "permutation p = 0.083, n = 4 models; too few models for a verdict" in f.text
+    assert "permutation p = 0.0833, n = 4 models; too few models for a verdict" in f.text
 
 
 def test_test_set_noise_can_outweigh_a_perfect_order():
@@ -229,6 +229,48 @@ def test_test_set_noise_can_outweigh_a_perfect_order():
     assert noise.lo < 0 < noise.hi and noise.verdict == lb.INCONCLUSIVE
     # Two hundred images apart, the same order is a verdict.
     assert pgd8_finding(200 * (1 + by_macs)).verdict == lb.LIGHTER
+
+
+def test_test_set_noise_can_outweigh_a_perfect_order_of_gains():
+    table = lb.build_table(make_study(alphas=SEVEN, n=2000))
+    n = 10_000
+    by_macs = np.argsort(np.argsort(table.loc[table["regime"] == "standard", "macs"].to_numpy()))
+    # Both regimes are far apart model to model, but their gains differ by one image in 10000:
+    # only redraws of the difference (not of either regime alone) see that as noise.
+    standard = table["regime"] == "standard"
+    table.loc[standard, "pgd8_k"] = 200 * (1 + by_macs)
+    table.loc[~standard, "pgd8_k"] = 200 * (1 + by_macs) + 1000 + by_macs
+    table["pgd8_n"] = n
+    table["pgd8_acc"] = table["pgd8_k"] / n
+    gain = next(f for f in lb.findings(table) if (f.kind, f.metric) == ("gain", "pgd8"))
+    assert gain.rho == 1.0 and gain.p < lb.VERDICT_P
+    assert gain.lo < 0 < gain.hi and gain.verdict == lb.INCONCLUSIVE
+
+
+def test_cw_medians_are_redrawn_from_per_image_distances():
+    records = make_study(alphas=SEVEN, regimes=("standard",))
+    table = lb.build_table(records)
+    tight = next(f for f in lb.findings(table) if f.metric == "cw")
+    assert tight.verdict == lb.LIGHTER and "not redrawn" not in tight.text
+    # The same ordered medians over images spread far wider than their steps: no verdict.
+    for r in records:
+        if r["attack"] == "cw":
+            k, median = r["cw"]["n_clean_correct"], r["cw"]["median_l2"]
+            r["cw"]["l2_per_image"] = list(median + np.linspace(-2.0, 2.0, k))
+    wide = next(f for f in lb.findings(records) if f.metric == "cw")
+    assert (wide.rho, wide.p) == (tight.rho, tight.p)
+    assert wide.lo < 0 < wide.hi and wide.verdict == lb.INCONCLUSIVE
+
+
+def test_records_without_distances_leave_cw_unredrawn(tmp_path):
+    records = make_study(alphas=SEVEN, regimes=("standard",))
+    del next(r for r in records if r["attack"] == "cw")["cw"]["l2_per_image"]
+    f = next(f for f in lb.findings(records) if f.metric == "cw")
+    assert "medians not redrawn: records without per-image distances" in f.text
+    write_study(records, tmp_path)
+    lb.generate(tmp_path)
+    header = (tmp_path / "leaderboard.csv").read_text().splitlines()[0].split(",")
+    assert "cw_l2" in header and "cw_l2_per_seed" not in header
 
 
 def test_too_few_models_is_inconclusive():

@@ -150,14 +150,40 @@ def test_cw_record_rules(cw):
         validate_record(bad)
     undefined = copy.deepcopy(cw)  # no successful attack: statistics are nan, which is allowed
     undefined["cw"].update(median_l2=float("nan"), median_l2_ci95=[float("nan")] * 2, mean_l2=float("nan"))
+    del undefined["cw"]["l2_per_image"]  # the distances would contradict the nan median
     validate_record(undefined)
     infinite = copy.deepcopy(cw)
     infinite["cw"].update(median_l2=float("inf"), median_l2_ci95=[0.4, float("inf")])
+    del infinite["cw"]["l2_per_image"]
     validate_record(infinite)
     bad = copy.deepcopy(cw)
     bad["eps_results"] = [{"attack": "pgd"}]
     with pytest.raises(RecordError, match="must be empty for a cw record"):
         validate_record(bad)
+
+
+def test_cw_per_image_distances(cw):
+    k = cw["cw"]["n_clean_correct"]
+    assert len(cw["cw"]["l2_per_image"]) == k
+    older = copy.deepcopy(cw)  # records made before the field existed stay valid
+    del older["cw"]["l2_per_image"]
+    validate_record(older)
+    unbroken = copy.deepcopy(cw)  # most images never broken: the median is inf
+    unbroken["cw"].update(
+        l2_per_image=[0.3] * (k // 3) + [float("inf")] * (k - k // 3), median_l2=float("inf")
+    )
+    unbroken["cw"]["median_l2_ci95"] = [0.3, float("inf")]
+    validate_record(unbroken)
+    for l2, problem in (
+        (cw["cw"]["l2_per_image"][:-1], "must be a list of cw.n_clean_correct"),
+        ([-0.1, *cw["cw"]["l2_per_image"][1:]], "numbers >= 0"),
+        ([float("nan"), *cw["cw"]["l2_per_image"][1:]], "numbers >= 0"),
+        ([2 * v for v in cw["cw"]["l2_per_image"]], "not cw.median_l2"),
+    ):
+        bad = copy.deepcopy(cw)
+        bad["cw"]["l2_per_image"] = l2
+        with pytest.raises(RecordError, match=problem):
+            validate_record(bad)
 
 
 def test_record_error_is_a_user_error_and_value_error():

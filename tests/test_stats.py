@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from itertools import permutations
 
 import numpy as np
 import pytest
@@ -188,3 +189,28 @@ def test_permutation_p_degenerate_and_bad_inputs():
         spearman_permutation_p([1, 2, 3], [1, 2])
     with pytest.raises(UserError, match="finite"):
         spearman_permutation_p([1, 2, math.inf], [1, 2, 3])
+
+
+def _brute_force_p(x, y):
+    observed = abs(spearmanr(x, y).statistic)
+    hits = [
+        abs(spearmanr(x, [y[i] for i in order]).statistic) >= observed - 1e-9
+        for order in permutations(range(len(y)))
+    ]
+    return sum(hits) / len(hits)
+
+
+def test_permutation_p_with_ties_in_both_variables():
+    # scipy's permutation_test doubles the smaller one-sided p here (0.067); |rho| counting gives 0.033.
+    x, y = [2, 2, 0, 1, 1], [0, 0, 2, 1, 1]
+    assert spearman_permutation_p(x, y) == pytest.approx(_brute_force_p(x, y)) == pytest.approx(4 / 120)
+    rng = np.random.default_rng(5)
+    for _ in range(5):
+        x, y = rng.integers(0, 3, size=6), rng.integers(0, 3, size=6)
+        if len(set(x)) > 1 and len(set(y)) > 1:
+            assert spearman_permutation_p(x, y) == pytest.approx(_brute_force_p(x, y))
+
+
+def test_permutation_p_counts_the_observed_pairing_when_sampling():
+    # One sampled pairing of 10 perfectly ordered points almost never reaches |rho| = 1: p = (1 + 0) / 2.
+    assert spearman_permutation_p(range(10), range(10), n_perm=1) == 0.5

@@ -52,6 +52,8 @@ def test_smoke_writes_records_and_leaderboard(smoke):
     pgd = next(r for r in records if r["attack"] == "pgd")
     assert [e["eps_255"] for e in pgd["eps_results"]] == [2, 8]
     assert pgd["eps_results"][1]["loss"] == "ce+margin"
+    for cw in (r["cw"] for r in records if r["attack"] == "cw"):
+        assert len(cw["l2_per_image"]) == cw["n_clean_correct"] > 0
     assert pgd["model"]["macs"] > 0 and pgd["latency_ms_cpu_b1"] > 0
     assert pgd["env"]["torch"] == torch.__version__.split("+")[0] or pgd["env"]["torch"].startswith(
         torch.__version__[:4]
