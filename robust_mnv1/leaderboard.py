@@ -31,7 +31,7 @@ from matplotlib.ticker import FuncFormatter
 
 from robust_mnv1.errors import UserError
 from robust_mnv1.records import REGIMES, check_combinable, decode_mask, load_profiles, load_records
-from robust_mnv1.stats import spearman_permutation_p, spearman_with_ci, wilson_ci
+from robust_mnv1.stats import percentile_interval, spearman_permutation_p, spearman_with_ci, wilson_ci
 
 REGIME_LABELS = {"standard": "standard", "pgd-at": "PGD-AT", "fast-at": "fast-AT", "trades": "TRADES"}
 # (metric key, attack, eps in units of 1/255) of the accuracy columns; "worst" is every attack.
@@ -191,13 +191,17 @@ def _row_dict(row: _Row) -> dict[str, Any]:
     out["cw_l2"] = float(np.mean(medians)) if cws else math.nan
     finite = all(math.isfinite(m) for m in medians)
     out["cw_std"] = float(np.std(medians, ddof=1)) if len(cws) > 1 and finite else math.nan
-    # Per-sample distances are not in the records, so several seeds cannot be re-bootstrapped:
-    # the row shows the envelope of the per-seed bootstrap intervals (conservative).
-    out["cw_lo"] = min(c[1] for c in cws) if cws else math.nan
-    out["cw_hi"] = max(c[2] for c in cws) if cws else math.nan
-    # For the findings' redraws; kept out of the CSV.
+    # For the findings' redraws (and several seeds' CI); kept out of the CSV.
     distances = [c[3] for c in cws]
     out["cw_l2_per_seed"] = tuple(distances) if cws and all(d is not None for d in distances) else None
+    if len(cws) > 1 and out["cw_l2_per_seed"] is not None:
+        draws = _cw_median_draws(out["cw_l2_per_seed"], np.random.default_rng(REDRAW_SEED))
+        out["cw_lo"], out["cw_hi"] = percentile_interval(draws, 0.95)
+    else:
+        # One seed: the record's own interval. Seeds without per-image distances (older records)
+        # cannot be re-bootstrapped together: the envelope of their intervals (conservative).
+        out["cw_lo"] = min(c[1] for c in cws) if cws else math.nan
+        out["cw_hi"] = max(c[2] for c in cws) if cws else math.nan
     latencies = [r["latency_ms_cpu_b1"] for r in row.records if r["latency_ms_cpu_b1"] is not None]
     out["latency_ms"] = float(np.mean(latencies)) if latencies else math.nan
     out["sanity_flags"] = _sanity_text(row.records)
@@ -313,11 +317,12 @@ def _redraw(rows: pd.DataFrame, metric: str, rng: np.random.Generator, suffix: s
     per_row = list(rows[f"cw_l2_per_seed{suffix}"])
     if not per_row or any(seeds is None for seeds in per_row):
         return None
-    medians = [
-        np.mean([np.median(d[rng.integers(0, d.size, (N_BOOT, d.size))], axis=1) for d in seeds], axis=0)
-        for seeds in per_row
-    ]
-    return _rank_safe(np.stack(medians, axis=1))
+    return _rank_safe(np.stack([_cw_median_draws(seeds, rng) for seeds in per_row], axis=1))
+
+
+def _cw_median_draws(seeds: Sequence[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+    """N_BOOT bootstrap medians of each seed's per-image C&W distances, averaged over the seeds."""
+    return np.mean([np.median(d[rng.integers(0, d.size, (N_BOOT, d.size))], axis=1) for d in seeds], axis=0)
 
 
 def _make_finding(
@@ -599,7 +604,8 @@ def _reading_notes(rows: pd.DataFrame, records: Sequence[Mapping[str, Any]]) -> 
         "- C&W median L2: mean over seeds of the median minimal L2 perturbation over the C&W images the "
         "model classifies correctly, an image C&W never broke counting as infinitely far (so fewer "
         "correct images stand behind a fine-tuned row's median), with its percentile bootstrap 95% CI "
-        "from the record; with several seeds the CI is the envelope of the per-seed CIs.",
+        "from the record; with several seeds, a bootstrap of the seeds' mean median from their per-image "
+        "distances (the envelope of the per-seed CIs for records without them).",
         "- Ranked by worst-case@8/255, then clean accuracy, then model name and regime.",
         "- latency: median wall time of a batch-1 forward on one thread of the study host's CPU ("
         + ("; ".join(_distinct(r["env"].get("cpu") for r in records)) or "not recorded")

@@ -59,7 +59,8 @@ def _check_n_boot(n_boot: int) -> None:
         raise UserError(f"n_boot must be a positive integer, got {n_boot!r}")
 
 
-def _percentile_interval(stats: np.ndarray, level: float) -> tuple[float, float]:
+def percentile_interval(stats: np.ndarray, level: float) -> tuple[float, float]:
+    """The central ``level`` share of bootstrap statistics, as actual values of them."""
     tail = (1.0 - level) / 2.0
     # "inverted_cdf" picks actual bootstrap values instead of interpolating between them, so an
     # infinite statistic (e.g. a C&W median over mostly failed attacks) yields inf, not inf - inf = nan.
@@ -88,7 +89,7 @@ def bootstrap_ci(
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, data.size, size=(n_boot, data.size))
     stats = np.array([statistic(data[row]) for row in idx], dtype=float)
-    return _percentile_interval(stats, level)
+    return percentile_interval(stats, level)
 
 
 def _rowwise_spearman(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -155,7 +156,7 @@ def spearman_with_ci(
     boot = boot[~np.isnan(boot)]
     if boot.size < _MIN_VALID_FRACTION * n_boot:
         return rho, math.nan, math.nan
-    lo, hi = _percentile_interval(boot, level)
+    lo, hi = percentile_interval(boot, level)
     return rho, lo, hi
 
 
