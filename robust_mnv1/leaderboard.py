@@ -227,9 +227,11 @@ def build_table(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     pooled over seeds (``_k``/``_n``). Metrics: ``clean``, ``fgsm8``, ``pgd2``, ``pgd8`` and
     ``worst8`` (per-sample worst case over every attack at 8/255, from the robust masks;
     ``worst8_prefix`` is true when masks of different n were cut to their common prefix).
-    ``cw_l2`` is the mean over seeds of the C&W median L2 with ``cw_lo``/``cw_hi`` its CI.
-    Sorted by ``data_key``, then worst-case accuracy descending, clean accuracy descending,
-    model name and regime; ``rank`` restarts at 1 for each dataset. Records that cannot be combined
+    ``cw_l2`` is the mean over seeds of the C&W median L2 with ``cw_lo``/``cw_hi`` its CI, and
+    ``cw_l2_per_seed`` the seeds' per-image distances (a tuple of arrays; None unless every seed's
+    record has them), which the CSV leaves out. Sorted by ``data_key``, then worst-case accuracy
+    descending, clean accuracy descending, model name and regime; ``rank`` restarts at 1 for each
+    dataset. Records that cannot be combined
     (:func:`robust_mnv1.records.check_combinable`) raise :class:`UserError`.
     """
     records = list(records)
@@ -309,15 +311,16 @@ def _redraw(rows: pd.DataFrame, metric: str, rng: np.random.Generator, suffix: s
     over seeds (columns ``<metric>_k``/``_n`` plus ``suffix``), which, unlike a binomial redraw,
     still varies at 0 or n correct; they centre on the pooled k/n, which is the row's mean over
     seeds whenever its seeds used the same n. C&W medians are the mean over seeds of a bootstrap
-    median of each seed's per-image distances; None when a row's records lack those (older
-    records), and then no C&W metric is redrawn. Seed-to-seed variance is in neither."""
+    median of each seed's per-image distances (+inf where most images were never broken); None
+    when a row's records lack those (older records), and then no C&W metric is redrawn.
+    Seed-to-seed variance is in neither."""
     if metric != "cw":
         k, n = rows[f"{metric}_k{suffix}"].to_numpy(), rows[f"{metric}_n{suffix}"].to_numpy()
         return rng.beta(k + 0.5, n - k + 0.5, size=(N_BOOT, len(rows)))
     per_row = list(rows[f"cw_l2_per_seed{suffix}"])
     if not per_row or any(seeds is None for seeds in per_row):
         return None
-    return _rank_safe(np.stack([_cw_median_draws(seeds, rng) for seeds in per_row], axis=1))
+    return np.stack([_cw_median_draws(seeds, rng) for seeds in per_row], axis=1)
 
 
 def _cw_median_draws(seeds: Sequence[np.ndarray], rng: np.random.Generator) -> np.ndarray:
@@ -370,22 +373,25 @@ def _gains(table: pd.DataFrame, regime: str, metric: str) -> pd.DataFrame:
     adv = table[table["regime"] == regime][["data_key", "model", "macs", "alpha", "rho", *cols]]
     merged = adv.merge(std, on=["data_key", "model"], suffixes=("", "_standard"), sort=True)
     merged["gain"] = merged[col] - merged[f"{col}_standard"]
-    return merged[np.isfinite(merged["gain"])]
+    # An infinite C&W median makes an infinite gain, which still ranks; inf - inf says nothing.
+    return merged[~np.isnan(merged["gain"])]
 
 
 def _rank_safe(values: np.ndarray) -> np.ndarray:
-    """Replace +inf (a C&W median over mostly failed attacks) by a finite value of the same rank."""
+    """Replace +-inf (C&W medians over mostly failed attacks, and their gains) by finite values
+    of the same rank: above (below) every finite value."""
     finite = values[np.isfinite(values)]
-    top = (finite.max() if finite.size else 0.0) + 1.0
-    return np.where(np.isposinf(values), top, values)
+    top, bottom = (finite.max() + 1.0, finite.min() - 1.0) if finite.size else (1.0, -1.0)
+    return np.where(np.isposinf(values), top, np.where(np.isneginf(values), bottom, values))
 
 
 def findings(records_or_table: Iterable[Mapping[str, Any]] | pd.DataFrame) -> list[Finding]:
     """Size-vs-robustness and size-vs-gain correlations for every dataset, regime and metric.
 
-    The CI is a two-level percentile bootstrap: models are resampled, and each accuracy is
-    redrawn from its counts (binomial; gains redraw both regimes independently, which is
-    conservative as both saw the same images). Positive ρ_s with the CI entirely above 0 and a
+    The CI is a two-level percentile bootstrap: models are resampled, and each model's value is
+    redrawn from its test images (:func:`_redraw`; gains redraw both regimes independently, which
+    is conservative as both saw the same images). Infinite C&W medians and gains rank above
+    (or, negative, below) every finite one. Positive ρ_s with the CI entirely above 0 and a
     two-sided permutation p below ``VERDICT_P`` means lighter models are easier to fool (or, for
     gains, that fine-tuning helps larger models more); a CI entirely below 0 with such a p the
     reverse; anything else (including a nan correlation, or fewer than 5 models, whose p cannot
@@ -404,6 +410,7 @@ def findings(records_or_table: Iterable[Mapping[str, Any]] | pd.DataFrame) -> li
                 ok = rows[~np.isnan(rows[col])]
                 values = _rank_safe(ok[col].to_numpy())
                 draws = _redraw(ok, metric, np.random.default_rng(REDRAW_SEED))
+                draws = None if draws is None else _rank_safe(draws)
                 out.append(
                     _make_finding(
                         data_key, "robustness", metric, regime, ok["macs"].to_numpy(), values, draws
@@ -416,7 +423,13 @@ def findings(records_or_table: Iterable[Mapping[str, Any]] | pd.DataFrame) -> li
                     # Both regimes saw the same images; independent redraws overstate the noise.
                     rng = np.random.default_rng(REDRAW_SEED)
                     adv, std = _redraw(gains, metric, rng), _redraw(gains, metric, rng, "_standard")
-                    draws = None if adv is None or std is None else adv - std
+                    # Subtract before ranking: an infinite fine-tuned median is an infinite gain. A
+                    # draw where both medians are infinite measured no gain: 0.
+                    draws = (
+                        None
+                        if adv is None or std is None
+                        else _rank_safe(np.nan_to_num(adv - std, nan=0.0, posinf=np.inf, neginf=-np.inf))
+                    )
                     out.append(
                         _make_finding(
                             data_key,
@@ -424,7 +437,7 @@ def findings(records_or_table: Iterable[Mapping[str, Any]] | pd.DataFrame) -> li
                             metric,
                             regime,
                             gains["macs"].to_numpy(),
-                            gains["gain"].to_numpy(),
+                            _rank_safe(gains["gain"].to_numpy()),
                             draws,
                         )
                     )

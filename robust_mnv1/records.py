@@ -318,6 +318,8 @@ def _validate_l2_per_image(cw: Mapping[str, Any], n_clean_correct: int) -> None:
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in l2):
         raise _fail("cw.l2_per_image", "must hold numbers >= 0 (inf where C&W never succeeded)")
     median = cw["median_l2"]
+    if (not l2) != math.isnan(median):
+        raise _fail("cw.l2_per_image", f"must be empty exactly when cw.median_l2 is nan, got {median!r}")
     # The distances are rounded to 6 significant digits; their median must still be the record's.
     if l2 and not math.isclose(float(np.median(l2)), median, rel_tol=1e-5):
         raise _fail("cw.l2_per_image", f"has median {float(np.median(l2))!r}, not cw.median_l2 = {median!r}")

@@ -140,10 +140,10 @@ def spearman_with_ci(
     xs, ys = _paired(x, y, "spearman_with_ci")
     if y_draws is not None:
         y_draws = np.asarray(y_draws, dtype=float)
-        if y_draws.shape != (n_boot, ys.size) or not np.all(np.isfinite(y_draws)):
-            raise UserError(
-                f"y_draws must be a finite array of shape ({n_boot}, {ys.size}), got {y_draws.shape}"
-            )
+        if y_draws.shape != (n_boot, ys.size):
+            raise UserError(f"y_draws must have shape ({n_boot}, {ys.size}), got {y_draws.shape}")
+        if not np.all(np.isfinite(y_draws)):
+            raise UserError("y_draws holds non-finite values; map them to finite ranks first")
     if xs.size < 2:
         return math.nan, math.nan, math.nan
     rho = float(_rowwise_spearman(xs[None, :], ys[None, :])[0])

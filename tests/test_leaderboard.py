@@ -8,13 +8,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 # tests/ may be run as a package (tests/__init__.py) or as plain modules on sys.path.
 try:
-    from tests._records import DATA, make_study, write_study
+    from tests._records import DATA, make_study, skewed_distances, write_study
 except ImportError:
-    from _records import DATA, make_study, write_study
+    from _records import DATA, make_study, skewed_distances, write_study
 
 from robust_mnv1 import leaderboard as lb
 from robust_mnv1.errors import UserError
@@ -267,6 +268,30 @@ def test_cw_medians_are_redrawn_from_per_image_distances():
     assert wide.lo < 0 < wide.hi and wide.verdict == lb.INCONCLUSIVE
 
 
+def test_infinite_cw_medians_rank_above_in_findings_and_gains():
+    records = make_study(alphas=SEVEN)
+    for r in records:
+        if r["attack"] != "cw" or r["model"]["alpha"] < 0.875:
+            continue
+        k = r["cw"]["n_clean_correct"]
+        if r["regime"] == "pgd-at":
+            # The two widest fine-tuned models resist C&W on 60% of their images: median inf.
+            broken = round(0.4 * k)
+            l2 = sorted(r["cw"]["l2_per_image"])[:broken] + [math.inf] * (k - broken)
+            r["cw"].update(l2_per_image=l2, median_l2=math.inf, median_l2_ci95=[l2[0], math.inf])
+        else:
+            # Their standard medians lie far above every finite fine-tuned one, so a gain taken
+            # after mapping inf to a finite rank (instead of before) would come out negative.
+            median = 4.0 * r["model"]["alpha"]
+            r["cw"].update(l2_per_image=skewed_distances(median, k), median_l2=median)
+    found = {(f.kind, f.regime): f for f in lb.findings(records) if f.metric == "cw"}
+    robust, gain = found[("robustness", "pgd-at")], found[("gain", "pgd-at")]
+    # Both keep all 7 models; the infinite gains rank on top rather than being dropped or misranked.
+    assert robust.n == gain.n == 7
+    assert robust.verdict == lb.LIGHTER
+    assert gain.verdict == lb.GAIN_LARGER and gain.lo > 0
+
+
 def test_records_without_distances_leave_cw_unredrawn(tmp_path):
     records = make_study(alphas=SEVEN, regimes=("standard",))
     del next(r for r in records if r["attack"] == "cw")["cw"]["l2_per_image"]
@@ -276,6 +301,14 @@ def test_records_without_distances_leave_cw_unredrawn(tmp_path):
     lb.generate(tmp_path)
     header = (tmp_path / "leaderboard.csv").read_text().splitlines()[0].split(",")
     assert "cw_l2" in header and "cw_l2_per_seed" not in header
+
+
+def test_accuracy_redraws_follow_the_jeffreys_posterior():
+    rows = pd.DataFrame({"pgd8_k": [0, 50], "pgd8_n": [100, 100]})
+    draws = lb._redraw(rows, "pgd8", np.random.default_rng(0))
+    assert draws.shape == (lb.N_BOOT, 2)
+    assert draws[:, 0].std() > 0  # a binomial redraw of 0 correct would always be 0
+    assert draws.mean(axis=0) == pytest.approx([0.5 / 101, 50.5 / 101], abs=0.003)
 
 
 def test_too_few_models_is_inconclusive():

@@ -184,6 +184,14 @@ def test_cw_per_image_distances(cw):
         bad["cw"]["l2_per_image"] = l2
         with pytest.raises(RecordError, match=problem):
             validate_record(bad)
+    empty = copy.deepcopy(cw)  # no clean-correct image, yet a median: contradictory
+    empty["cw"].update(l2_per_image=[], n_clean_correct=0)
+    with pytest.raises(RecordError, match="empty exactly when"):
+        validate_record(empty)
+    undefined = copy.deepcopy(cw)  # distances, yet no median: contradictory
+    undefined["cw"].update(median_l2=float("nan"), median_l2_ci95=[float("nan")] * 2)
+    with pytest.raises(RecordError, match="empty exactly when"):
+        validate_record(undefined)
 
 
 def test_record_error_is_a_user_error_and_value_error():
