@@ -31,7 +31,13 @@ from matplotlib.ticker import FuncFormatter
 
 from robust_mnv1.errors import UserError
 from robust_mnv1.records import REGIMES, check_combinable, decode_mask, load_profiles, load_records
-from robust_mnv1.stats import percentile_interval, spearman_permutation_p, spearman_with_ci, wilson_ci
+from robust_mnv1.stats import (
+    EXACT_PERMUTATION_MAX_N,
+    percentile_interval,
+    spearman_permutation_p,
+    spearman_with_ci,
+    wilson_ci,
+)
 
 REGIME_LABELS = {"standard": "standard", "pgd-at": "PGD-AT", "fast-at": "fast-AT", "trades": "TRADES"}
 # (metric key, attack, eps in units of 1/255) of the accuracy columns; "worst" is every attack.
@@ -56,6 +62,8 @@ SPEARMAN_SEED = 0
 # The redraws get their own stream, apart from the bootstrap's resampling of models.
 REDRAW_SEED = (SPEARMAN_SEED, 1)
 N_BOOT = 2000
+# Random pairings of the permutation test beyond EXACT_PERMUTATION_MAX_N models (all up to it).
+N_PERM = 20000
 # Two-sided level of the permutation test that a verdict must pass besides its bootstrap CI.
 VERDICT_P = 0.05
 DASH = "—"
@@ -340,7 +348,7 @@ def _make_finding(
     n = len(macs)
     if n:
         rho, lo, hi = spearman_with_ci(macs, values, n_boot=N_BOOT, seed=SPEARMAN_SEED, y_draws=draws)
-        p = spearman_permutation_p(macs, values, seed=SPEARMAN_SEED)
+        p = spearman_permutation_p(macs, values, n_perm=N_PERM, seed=SPEARMAN_SEED)
     else:
         rho = lo = hi = p = math.nan
     sign = _sign(lo, hi, p)
@@ -425,11 +433,8 @@ def findings(records_or_table: Iterable[Mapping[str, Any]] | pd.DataFrame) -> li
                     adv, std = _redraw(gains, metric, rng), _redraw(gains, metric, rng, "_standard")
                     # Subtract before ranking: an infinite fine-tuned median is an infinite gain. A
                     # draw where both medians are infinite measured no gain: 0.
-                    draws = (
-                        None
-                        if adv is None or std is None
-                        else _rank_safe(np.nan_to_num(adv - std, nan=0.0, posinf=np.inf, neginf=-np.inf))
-                    )
+                    diff = None if adv is None or std is None else adv - std
+                    draws = None if diff is None else _rank_safe(np.where(np.isnan(diff), 0.0, diff))
                     out.append(
                         _make_finding(
                             data_key,
@@ -718,9 +723,9 @@ def render_markdown(
             "also redrawn from its test images (accuracies from their counts, C&W medians from their "
             "per-image distances; seed-to-seed variance is not included, and a gain redraws both regimes "
             "independently, which widens its CI). p is the two-sided permutation p-value of ρ_s: the share "
-            "of pairings of values with models whose |ρ_s| reaches the observed one (all pairings up to 8 "
-            "models, 20000 random ones beyond). A verdict needs the whole CI on one side of 0 and "
-            f"p < {VERDICT_P}; fewer than 5 models can never reach that p.",
+            "of pairings of values with models whose |ρ_s| reaches the observed one (all pairings up to "
+            f"{EXACT_PERMUTATION_MAX_N} models, {N_PERM} random ones beyond). A verdict needs the whole CI "
+            f"on one side of 0 and p < {VERDICT_P}; fewer than 5 models can never reach that p.",
             "",
         ]
         mine_f = [f for f in all_findings if f.data == data_key]

@@ -161,7 +161,7 @@ def spearman_with_ci(
 
 
 # Up to this many pairs the permutation test enumerates every pairing (8! = 40320).
-_EXACT_PERMUTATION_MAX_N = 8
+EXACT_PERMUTATION_MAX_N = 8
 
 
 def spearman_permutation_p(
@@ -187,7 +187,7 @@ def spearman_permutation_p(
     rho = _rowwise_spearman(xs[None, :], ys[None, :])[0]
     if math.isnan(rho):
         return math.nan
-    if xs.size <= _EXACT_PERMUTATION_MAX_N:
+    if xs.size <= EXACT_PERMUTATION_MAX_N:
         orders = np.array(list(itertools.permutations(range(xs.size))))
         extra = 0
     else:
