@@ -54,9 +54,9 @@ def _check_level(level: float) -> None:
         raise UserError(f"confidence level must be in (0, 1), got {level!r}")
 
 
-def _check_n_boot(n_boot: int) -> None:
-    if isinstance(n_boot, bool) or int(n_boot) != n_boot or n_boot < 1:
-        raise UserError(f"n_boot must be a positive integer, got {n_boot!r}")
+def _check_count(value: int, name: str = "n_boot") -> None:
+    if isinstance(value, bool) or int(value) != value or value < 1:
+        raise UserError(f"{name} must be a positive integer, got {value!r}")
 
 
 def percentile_interval(stats: np.ndarray, level: float) -> tuple[float, float]:
@@ -82,7 +82,7 @@ def bootstrap_ci(
     sample gives ``(nan, nan)``.
     """
     _check_level(level)
-    _check_n_boot(n_boot)
+    _check_count(n_boot)
     data = np.asarray(values, dtype=float).ravel()
     if data.size == 0:
         return math.nan, math.nan
@@ -136,7 +136,7 @@ def spearman_with_ci(
     and the interval is nan when fewer than half of the resamples were usable.
     """
     _check_level(level)
-    _check_n_boot(n_boot)
+    _check_count(n_boot)
     xs, ys = _paired(x, y, "spearman_with_ci")
     if y_draws is not None:
         y_draws = np.asarray(y_draws, dtype=float)
@@ -180,7 +180,7 @@ def spearman_permutation_p(
     the interval [1, 1], yet a random order of 4 is perfect in 1 case of 12. nan when rho is
     undefined.
     """
-    _check_n_boot(n_perm)
+    _check_count(n_perm, "n_perm")
     xs, ys = _paired(x, y, "spearman_permutation_p")
     if xs.size < 2:
         return math.nan

@@ -183,6 +183,8 @@ def test_permutation_p_monte_carlo_agrees_with_exact(monkeypatch):
 
 
 def test_permutation_p_degenerate_and_bad_inputs():
+    with pytest.raises(UserError, match="n_perm must be a positive integer"):
+        spearman_permutation_p(range(10), range(10), n_perm=0)
     assert math.isnan(spearman_permutation_p([1, 2, 3], [4, 4, 4]))
     assert math.isnan(spearman_permutation_p([1], [2]))
     with pytest.raises(UserError, match="paired"):
