@@ -27,6 +27,12 @@ EVAL_ORDER_SEED = 0
 ORDERS = ("stratified", "dataset")
 
 
+def check_eval_order(order: str) -> None:
+    """One-line error for an ``eval.order`` that is not one of :data:`ORDERS`."""
+    if order not in ORDERS:
+        raise UserError(f"unknown eval.order {order!r}; valid choices: {', '.join(ORDERS)}")
+
+
 def eval_order(y: torch.Tensor, order: str = "stratified") -> torch.Tensor:
     """The order in which evaluations take test images; every evaluation uses a prefix of it.
 
@@ -35,10 +41,9 @@ def eval_order(y: torch.Tensor, order: str = "stratified") -> torch.Tensor:
     fixed seed and interleaves the classes in proportion to their size (image k of a class of m sits
     at position (k + 0.5) / m), so every prefix holds each class in its share of the test set.
     """
+    check_eval_order(order)
     if order == "dataset":
         return torch.arange(len(y))
-    if order != "stratified":
-        raise UserError(f"unknown eval.order {order!r}; valid choices: {', '.join(ORDERS)}")
     labels = y.cpu().numpy()
     rng = np.random.default_rng(EVAL_ORDER_SEED)
     position = np.empty(len(labels))

@@ -20,7 +20,7 @@ TASKS = ("train", "study")
 
 def validate(cfg: DictConfig) -> None:
     """Reject a bad config before any output directory exists or any work starts."""
-    from robust_mnv1.evaluate import ORDERS
+    from robust_mnv1.evaluate import check_eval_order
     from robust_mnv1.models import build_model
     from robust_mnv1.zoo import resolve_device, use_cuda_graph
 
@@ -45,8 +45,7 @@ def validate(cfg: DictConfig) -> None:
         n = cfg.eval[key]
         if n is not None and (not isinstance(n, int) or n < 1):
             raise UserError(f"eval.{key} must be null or an integer >= 1, got {n!r}")
-    if cfg.eval.order not in ORDERS:
-        raise UserError(f"unknown eval.order {cfg.eval.order!r}; valid choices: {', '.join(ORDERS)}")
+    check_eval_order(cfg.eval.order)
     use_cuda_graph(cfg, resolve_device(cfg.device))
     for point in cfg.study.grid or []:
         build_model(alpha=point["alpha"], rho=point["rho"], profile=cfg.model.profile, num_classes=10)
