@@ -49,6 +49,13 @@ def validate(cfg: DictConfig) -> None:
     use_cuda_graph(cfg, resolve_device(cfg.device))
     for point in cfg.study.grid or []:
         build_model(alpha=point["alpha"], rho=point["rho"], profile=cfg.model.profile, num_classes=10)
+        seed = point.get("seed", cfg.seed)
+        if not isinstance(seed, int) or seed < 0:
+            raise UserError(f"study.grid seeds must be integers >= 0, got {seed!r}")
+    if not isinstance(cfg.study.jobs, int) or cfg.study.jobs < 1:
+        raise UserError(f"study.jobs must be an integer >= 1, got {cfg.study.jobs!r}")
+    if not isinstance(cfg.study.evaluate, bool):
+        raise UserError(f"study.evaluate must be true or false, got {cfg.study.evaluate!r}")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

@@ -35,6 +35,11 @@ def autocast_for(device: torch.device, *, cache: bool = True):
     return nullcontext()
 
 
+def precision_for(device: torch.device) -> str:
+    """The name of what :func:`autocast_for` does on ``device``, as records state it."""
+    return "bf16-autocast" if device.type == "cuda" else "fp32"
+
+
 class EagerStep:
     """``step(x, y) -> (loss, logits)``: one SGD step on ``objective``, run op by op.
 

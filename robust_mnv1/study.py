@@ -14,8 +14,11 @@ than mixed with records of other weights.
 from __future__ import annotations
 
 import json
+import logging
+import multiprocessing
 import re
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +32,12 @@ from robust_mnv1.cost import layer_costs
 from robust_mnv1.data import Dataset, load_dataset
 from robust_mnv1.envinfo import environment
 from robust_mnv1.leaderboard import generate
+from robust_mnv1.malloc import keep_freed_memory
 from robust_mnv1.records import config_hash, make_run_id, validate_record, write_record
 from robust_mnv1.zoo import cache_root, finetuned_model, make_model, resolve_device, standard_model
 
 ATTACKS = ("fgsm", "pgd", "cw")
+log = logging.getLogger(__name__)
 
 
 def slug(text: str) -> str:
@@ -51,13 +56,18 @@ def record_config(cfg: DictConfig, regime: str, attack: str) -> dict[str, Any]:
 
 
 def unit_configs(cfg: DictConfig) -> list[DictConfig]:
-    """One config per model of the grid; without a grid, the single model of ``cfg.model``."""
+    """One config per model of the grid; without a grid, the single model of ``cfg.model``.
+
+    A grid point may name its own ``seed`` (another training run of the same architecture);
+    otherwise it takes ``cfg.seed``.
+    """
     grid = cfg.study.grid or [{"alpha": cfg.model.alpha, "rho": cfg.model.rho}]
     units = []
     for point in grid:
         unit = cfg.copy()
         OmegaConf.set_struct(unit, False)
         unit.model.alpha, unit.model.rho = point["alpha"], point["rho"]
+        unit.seed = point.get("seed", cfg.seed)
         units.append(unit)
     return units
 
@@ -117,9 +127,10 @@ class Unit:
             return False
         return self.agreed_weights(self.regimes[1], parent=standard or None) is not None
 
-    def run(self) -> None:
-        if self.complete():
-            tqdm.write(f"{self.name}: every record is done, skipping")
+    def run(self, evaluate: bool = True) -> None:
+        """Train (or fetch) the unit's models and, with ``evaluate``, write the records it owes."""
+        if evaluate and self.complete():
+            log.info("%s seed %d: every record is done, skipping", self.name, self.cfg.seed)
             return
         cfg, device = self.cfg, self.device
         model, meta = standard_model(cfg, self.dataset, device)
@@ -128,6 +139,10 @@ class Unit:
         tuned = self.regimes[1]
         # The fine-tuned model is loaded (or trained) unless its records already agree on one set of
         # weights fine-tuned from this standard model: records split between two fine-tunes are redone.
+        if not evaluate:
+            finetuned_model(cfg, self.dataset, device, model, meta)
+            log.info("%s seed %d: trained and fine-tuned", self.name, cfg.seed)
+            return
         if self.agreed_weights(tuned, parent=std_weights) is None:
             m, m_meta = finetuned_model(cfg, self.dataset, device, model, meta)
             stages[tuned] = (m, m_meta, weights_digest(m))
@@ -189,6 +204,8 @@ class Unit:
                     "macs": int(costs["macs"].sum()),
                     "weights": weights,
                     **({"parent_weights": parent} if parent else {}),
+                    # Device and precision of the training; evaluation is fp32 (env.device).
+                    "trained_on": {"device": meta.get("device"), "precision": meta.get("precision")},
                 },
                 "regime": regime,
                 "attack": attack,
@@ -212,16 +229,69 @@ class Unit:
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
             write_record(record, self.runs_dir)
-            tqdm.write(f"{self.name} {regime} {attack}: clean {clean['accuracy']:.3f} -> {path}")
+            log.info(
+                "%s %s %s: clean %.3f, %.0f s -> %s",
+                self.name,
+                regime,
+                attack,
+                clean["accuracy"],
+                eval_s,
+                path,
+            )
+
+
+def run_unit(cfg: DictConfig, device_name: str, threads: int | None) -> None:
+    """Run one unit start to finish; the body of a worker process when units run in parallel."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    device = torch.device(device_name)
+    dataset = load_dataset(cfg.data, cache_root(cfg) / "data")
+    Unit(cfg, dataset, device, Path(cfg.results_dir) / "runs").run(evaluate=cfg.study.evaluate)
+
+
+def _worker(container: dict, device_name: str, threads: int | None) -> str:
+    cfg = OmegaConf.create(container)
+    keep_freed_memory()  # a spawned worker is a fresh process: the CLI's allocator settings are not inherited
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    run_unit(cfg, device_name, threads)
+    return f"{cfg.model.alpha}/{cfg.model.rho}/s{cfg.seed}"
 
 
 def study_task(cfg: DictConfig) -> float:
     device = resolve_device(cfg.device)
+    # Decode the dataset once here, so that parallel workers only read the decoded cache.
     dataset = load_dataset(cfg.data, cache_root(cfg) / "data")
     results = Path(cfg.results_dir)
+    units = unit_configs(cfg)
+    jobs = min(cfg.study.jobs, len(units))
     t0 = time.perf_counter()
-    for unit_cfg in tqdm(unit_configs(cfg), desc="study units", unit="model", leave=False):
-        Unit(unit_cfg, dataset, device, results / "runs").run()
-    generate(results)
-    print(f"study done in {time.perf_counter() - t0:.1f} s; leaderboard: {results / 'leaderboard.md'}")
-    return time.perf_counter() - t0
+    if jobs <= 1:
+        for unit_cfg in tqdm(units, desc="study units", unit="model", leave=False):
+            Unit(unit_cfg, dataset, device, results / "runs").run(evaluate=cfg.study.evaluate)
+    else:
+        # Units run in worker processes, handed out in grid order as workers free up (so put the
+        # costly models first). Each unit is a different model, and the cache's per-model lock keeps
+        # two studies started side by side from training one model twice.
+        threads = max(1, torch.get_num_threads() // jobs) if device.type == "cpu" else None
+        log.info("running %d units in %d worker processes (%s threads each)", len(units), jobs, threads)
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+            futures = [
+                pool.submit(_worker, OmegaConf.to_container(u, resolve=True), str(device), threads)
+                for u in units
+            ]
+            try:
+                for future in tqdm(
+                    as_completed(futures), total=len(futures), desc="study units", leave=False
+                ):
+                    log.info("unit %s finished", future.result())
+            except BaseException:
+                # A failed unit (or Ctrl-C) stops the study: units not yet started are dropped.
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+    if cfg.study.evaluate:
+        generate(results)
+        log.info("leaderboard: %s", results / "leaderboard.md")
+    elapsed = time.perf_counter() - t0
+    log.info("study done in %.1f s", elapsed)
+    return elapsed

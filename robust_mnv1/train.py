@@ -27,9 +27,10 @@ from tqdm.auto import tqdm
 
 from robust_mnv1.checkpoint import load_checkpoint, save_checkpoint, sidecar
 from robust_mnv1.data import DeviceLoader, Split
+from robust_mnv1.envinfo import device_name
 from robust_mnv1.errors import UserError
 from robust_mnv1.optim import TensorLRSGD
-from robust_mnv1.step import CapturedStep, EagerStep, autocast_for
+from robust_mnv1.step import CapturedStep, EagerStep, autocast_for, precision_for
 
 # (model, x, y) -> (loss to minimise, logits whose argmax is the prediction the loss trained on).
 # An objective that needs random numbers draws them only in ``draw(x)``, whose result it takes as
@@ -237,6 +238,9 @@ def _fit(
     done = {
         **(meta or {}),
         "epochs": tcfg.epochs,
+        # Where and how the weights were trained: a model trained on a GPU may be evaluated elsewhere.
+        "device": device_name(device),
+        "precision": precision_for(device),
         "test_acc": history[-1]["test_acc"],
         "train_seconds": elapsed,
         "history": history,

@@ -7,6 +7,8 @@ config, data identity, training recipe, seed and, for fine-tuned models, the par
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -48,15 +50,31 @@ def cache_root(cfg: DictConfig) -> Path:
 
 
 def data_identity(data_cfg: DictConfig) -> dict[str, Any]:
-    """What names a dataset for caching: its loader and absolute source, not its display label."""
+    """What names a dataset for caching: its loader and source, not its display label.
+
+    An archive is named by its contents (sha256), so a model trained on one machine is found in
+    the cache on another that keeps the same archive elsewhere (train on a GPU box, evaluate on a
+    laptop); a directory tree by its absolute path, since hashing every image would take longer
+    than a short training run.
+    """
     ident = {
         k: v
         for k, v in OmegaConf.to_container(data_cfg, resolve=True).items()
         if k not in {"label", "download"}
     }
     if ident.get("root"):
-        ident["root"] = str(Path(os.path.expanduser(str(ident["root"]))).resolve())
+        root = Path(os.path.expanduser(str(ident["root"]))).resolve()
+        ident["root"] = f"sha256:{file_sha256(root)}" if root.is_file() else str(root)
     return ident
+
+
+@functools.cache
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def make_model(cfg: DictConfig, dataset: Dataset) -> torch.nn.Module:
