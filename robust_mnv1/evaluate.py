@@ -72,16 +72,20 @@ def accuracy_entry(correct: int, n: int) -> dict[str, Any]:
 
 @torch.no_grad()
 def clean_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> dict:
+    """Clean accuracy with its interval and the per-image correct mask, which pairs records of
+    different models image by image (their fooling rates, and C&W distances of commonly correct images)."""
     was_training = model.training
     model.eval()
     try:
-        correct = sum(
-            int((model(xb).argmax(1) == yb).sum())
-            for xb, yb in zip(x.split(batch_size), y.split(batch_size), strict=True)
+        mask = torch.cat(
+            [
+                model(xb).argmax(1) == yb
+                for xb, yb in zip(x.split(batch_size), y.split(batch_size), strict=True)
+            ]
         )
     finally:
         model.train(was_training)
-    return accuracy_entry(correct, len(y))
+    return {**accuracy_entry(int(mask.sum()), len(y)), "correct_mask": encode_mask(mask)}
 
 
 def check_clean(clean: dict, recorded: float, max_drop: float, what: str) -> None:

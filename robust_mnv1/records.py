@@ -242,6 +242,13 @@ def _validate_clean(record: Mapping[str, Any]) -> tuple[int, int]:
     if correct > n:
         raise _fail("clean.correct", f"is {correct}, more than clean.n = {n}")
     _accuracy(clean, correct, n, "clean.")
+    if "correct_mask" in clean:  # records made before masks were kept lack it
+        try:
+            mask = decode_mask(clean["correct_mask"], n)
+        except RecordError as e:
+            raise _fail("clean.correct_mask", str(e)) from None
+        if int(mask.sum()) != correct:
+            raise _fail("clean.correct_mask", f"marks {int(mask.sum())} images, not clean.correct = {correct}")
     return correct, n
 
 
