@@ -32,6 +32,7 @@ from torch import nn
 from attacks.base import Attack
 from attacks.losses import other_max
 from attacks.validation import check_float, check_int
+from attacks.working_set import WorkingSet
 
 # Tanh space: w0 = atanh(SHRINK·(2x − 1)) and x(w) = x + (tanh(w) − tanh(w0)) / (2·SHRINK), clamped to
 # [0, 1]. With SHRINK < 1 a pixel at exactly 0 or 1 sits where tanh still has slope 1 − SHRINK², so it
@@ -169,63 +170,61 @@ class CarliniWagnerL2(Attack):
         m = x0.shape[0]
         shape = (-1, *([1] * (x0.dim() - 1)))
         found = torch.zeros(m, dtype=torch.bool, device=x0.device)
-        idx = torch.arange(m, device=x0.device)
-        w = w0.clone()
-        mom = torch.zeros_like(w)
-        vel = torch.zeros_like(w)
-        a_x0, a_y, a_const, a_t0 = x0, y0, const, torch.tanh(w0)
-        a_adv, a_l2, a_found = best_adv.clone(), best_l2.clone(), found.clone()
         inf = torch.full((m,), float("inf"), device=x0.device)
         # Best distance in this binary-search step; the loss at the last check, and that distance at the
-        # checks of the last _ABORT_DISTANCE_WINDOW steps (oldest first).
+        # checks of the last _ABORT_DISTANCE_WINDOW steps (one column per check, oldest first).
         check_every = math.ceil(self.steps / 10)
-        round_l2, prev_loss = inf, inf
-        history = [inf] * math.ceil(_ABORT_DISTANCE_WINDOW / check_every)
+        ws = WorkingSet(
+            torch.arange(m, device=x0.device),
+            {"adv": best_adv, "l2": best_l2, "found": found},
+            w=w0.clone(),
+            mom=torch.zeros_like(w0),
+            vel=torch.zeros_like(w0),
+            x0=x0,
+            y=y0,
+            const=const,
+            tanh_w0=torch.tanh(w0),
+            round_l2=inf,
+            prev_loss=inf,
+            history=inf[:, None].expand(m, math.ceil(_ABORT_DISTANCE_WINDOW / check_every)),
+        )
         beta1, beta2 = _ADAM_BETAS
         for step in range(self.steps):
             with torch.enable_grad():
-                w.requires_grad_(True)
-                xa = from_tanh_space(w, a_x0, a_t0)
+                w = ws.w.requires_grad_(True)
+                xa = from_tanh_space(w, ws.x0, ws.tanh_w0)
                 logits = model(xa.to(model_dtype)).float()
-                l2sq = (xa - a_x0).pow(2).flatten(1).sum(dim=1)
-                margin = logits.gather(1, a_y[:, None]).squeeze(1) - other_max(logits, a_y)
-                loss = l2sq + a_const * (margin + self.confidence).clamp_min(0.0)
+                l2sq = (xa - ws.x0).pow(2).flatten(1).sum(dim=1)
+                margin = logits.gather(1, ws.y[:, None]).squeeze(1) - other_max(logits, ws.y)
+                loss = l2sq + ws.const * (margin + self.confidence).clamp_min(0.0)
                 (grad,) = torch.autograd.grad(loss.sum(), w)
-            w = w.detach()
+            ws.w = w.detach()
             loss, xa = loss.detach(), xa.detach()
             is_adv = (margin.detach() + self.confidence) < 0
             l2 = l2sq.detach().sqrt()
-            round_l2 = torch.where(is_adv, torch.minimum(round_l2, l2), round_l2)
-            better = is_adv & (l2 < a_l2)
-            a_l2 = torch.where(better, l2, a_l2)
-            a_adv = torch.where(better.view(shape), xa, a_adv)
-            a_found = a_found | is_adv
+            ws.round_l2 = torch.where(is_adv, torch.minimum(ws.round_l2, l2), ws.round_l2)
+            better = is_adv & (l2 < ws.l2)
+            ws.l2 = torch.where(better, l2, ws.l2)
+            ws.adv = torch.where(better.view(shape), xa, ws.adv)
+            ws.found = ws.found | is_adv
             # Adam, written out so the whole batch updates in a few fused element-wise kernels.
-            mom.mul_(beta1).add_(grad, alpha=1.0 - beta1)
-            vel.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+            ws.mom.mul_(beta1).add_(grad, alpha=1.0 - beta1)
+            ws.vel.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
             t = step + 1
-            step_dir = (mom / (1.0 - beta1**t)) / ((vel / (1.0 - beta2**t)).sqrt_().add_(_ADAM_EPS))
-            lr = self.lr * _lr_factor(step, self.steps)
-            w.sub_(lr * step_dir)
+            step_dir = (ws.mom / (1.0 - beta1**t)) / ((ws.vel / (1.0 - beta2**t)).sqrt_().add_(_ADAM_EPS))
+            ws.w.sub_(self.lr * _lr_factor(step, self.steps) * step_dir)
             if step % check_every == 0:
                 progressing = torch.where(
-                    a_found,
-                    round_l2 < _ABORT_DISTANCE_RATIO * history[0],
-                    loss <= _ABORT_LOSS_RATIO * prev_loss,
+                    ws.found,
+                    ws.round_l2 < _ABORT_DISTANCE_RATIO * ws.history[:, 0],
+                    loss <= _ABORT_LOSS_RATIO * ws.prev_loss,
                 )
-                prev_loss, history = loss, [*history[1:], round_l2]
+                ws.prev_loss = loss
+                ws.history = torch.cat([ws.history[:, 1:], ws.round_l2[:, None]], dim=1)
                 keep = progressing.nonzero().squeeze(1)
-                if keep.numel() < _ROUND_END_FRACTION * found.numel():
+                if keep.numel() < _ROUND_END_FRACTION * m:
                     keep = keep[:0]
-                if keep.numel() < m:
-                    best_adv[idx], best_l2[idx], found[idx] = a_adv, a_l2, a_found
-                    if keep.numel() == 0:
-                        return found
-                    idx, w, mom, vel = idx[keep], w[keep], mom[keep], vel[keep]
-                    a_x0, a_y, a_const, a_t0 = a_x0[keep], a_y[keep], a_const[keep], a_t0[keep]
-                    a_adv, a_l2, a_found = a_adv[keep], a_l2[keep], a_found[keep]
-                    round_l2, prev_loss = round_l2[keep], prev_loss[keep]
-                    history = [h[keep] for h in history]
-                    m = keep.numel()
-        best_adv[idx], best_l2[idx], found[idx] = a_adv, a_l2, a_found
+                if not ws.compact(keep):
+                    return found
+        ws.store()
         return found

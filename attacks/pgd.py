@@ -17,6 +17,7 @@ from attacks.base import Attack
 from attacks.losses import LOSSES, LossFn, value_and_grad
 from attacks.projection import NORMS, ascent_step, project, project_to_box, random_in_ball
 from attacks.validation import check_bool, check_choice, check_float, check_int
+from attacks.working_set import WorkingSet
 
 # Steps between the synchronising checks for broken samples (see the module docstring).
 CHECK_EVERY = 2
@@ -126,7 +127,7 @@ class PGD(Attack):
         generator: torch.Generator | None,
     ) -> None:
         """One PGD run from a (random) start on samples ``idx``; updates best, found, best_loss in place."""
-        x0, y0 = x[idx], y[idx]
+        x0 = x[idx]
         if self.random_start:
             assert generator is not None
             noise = random_in_ball(
@@ -135,34 +136,28 @@ class PGD(Attack):
             xa = (x0 + noise).clamp(0.0, 1.0)
         else:
             xa = x0.clone()
-        a_best, a_found, a_loss = best[idx], found[idx], best_loss[idx]
+        ws = WorkingSet(idx, {"best": best, "found": found, "loss": best_loss}, x0=x0, y=y[idx], xa=xa)
         shape = (-1, *([1] * (x.dim() - 1)))
         for t in range(self.steps + 1):
             if t == self.steps:
                 # The last iterate only needs evaluating, not differentiating.
                 with torch.no_grad():
-                    logits = model(xa)
-                    loss = loss_fn(logits, y0)
+                    logits = model(ws.xa)
+                    loss = loss_fn(logits, ws.y)
             else:
-                logits, loss, grad = value_and_grad(model, xa, y0, loss_fn)
-            is_adv = logits.argmax(dim=1) != y0
+                logits, loss, grad = value_and_grad(model, ws.xa, ws.y, loss_fn)
+            is_adv = logits.argmax(dim=1) != ws.y
             # Keep the first adversarial iterate; until then, the highest-loss one.
-            take = ~a_found & (is_adv | (loss > a_loss))
-            a_best = torch.where(take.view(shape), xa, a_best)
-            a_loss = torch.where(take, loss, a_loss)
-            a_found = a_found | is_adv
+            take = ~ws.found & (is_adv | (loss > ws.loss))
+            ws.best = torch.where(take.view(shape), ws.xa, ws.best)
+            ws.loss = torch.where(take, loss, ws.loss)
+            ws.found = ws.found | is_adv
             if t == self.steps:
                 break
-            xa = (
-                x0 + project(xa + self.step_size * ascent_step(grad, self.norm) - x0, self.eps, self.norm)
-            ).clamp(0.0, 1.0)
+            step = self.step_size * ascent_step(grad, self.norm)
+            ws.xa = (ws.x0 + project(ws.xa + step - ws.x0, self.eps, self.norm)).clamp(0.0, 1.0)
             if (t + 1) % CHECK_EVERY == 0:
-                keep = (~a_found).nonzero().squeeze(1)
-                n_keep = keep.numel()
-                if n_keep == 0 or n_keep <= (1.0 - COMPACT_FRACTION) * a_found.numel():
-                    best[idx], found[idx], best_loss[idx] = a_best, a_found, a_loss
-                    if n_keep == 0:
-                        return
-                    idx, x0, y0, xa = idx[keep], x0[keep], y0[keep], xa[keep]
-                    a_best, a_found, a_loss = a_best[keep], a_found[keep], a_loss[keep]
-        best[idx], found[idx], best_loss[idx] = a_best, a_found, a_loss
+                keep = (~ws.found).nonzero().squeeze(1)
+                if not ws.compact(keep, min_fraction=COMPACT_FRACTION):
+                    return
+        ws.store()
