@@ -2,7 +2,7 @@
 
 ``python -m robust_mnv1.leaderboard [--results DIR]`` reads ``DIR/runs/*.json`` and writes
 ``DIR/leaderboard.md``, ``DIR/leaderboard.csv`` and ``DIR/figures/*.png``. Everything shown,
-findings included, is computed from the records, and the output is a pure function of them:
+verdicts included, is computed from the records, and the output is a pure function of them:
 fixed bootstrap seeds, stable sorting with tie-breakers and no wall-clock time, so
 regenerating from the same records gives byte-identical markdown and CSV.
 
@@ -13,7 +13,6 @@ records of a row merge, and several seeds are averaged.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import sys
@@ -29,15 +28,14 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
+from robust_mnv1.atomic import atomic_write_text
 from robust_mnv1.errors import UserError
 from robust_mnv1.records import REGIMES, check_combinable, decode_mask, load_profiles, load_records
-from robust_mnv1.stats import (
-    EXACT_PERMUTATION_MAX_N,
-    percentile_interval,
-    spearman_permutation_p,
-    spearman_with_ci,
-    wilson_ci,
-)
+from robust_mnv1.report.figures import plot_gains, plot_series, save_png
+from robust_mnv1.report.outcomes import collect
+from robust_mnv1.report.verdict_text import section as verdict_section
+from robust_mnv1.report.verdicts import Board, analyse
+from robust_mnv1.stats import percentile_interval, wilson_ci
 
 REGIME_LABELS = {"standard": "standard", "pgd-at": "PGD-AT", "fast-at": "fast-AT", "trades": "TRADES"}
 # (metric key, attack, eps in units of 1/255) of the accuracy columns; "worst" is every attack.
@@ -57,22 +55,11 @@ METRIC_COLUMNS = {
     "worst8": "worst8_acc",
     "cw": "cw_l2",
 }
-FIGURES = ("robust_acc_vs_eps", "robustness_vs_macs", "finetune_gain")
-SPEARMAN_SEED = 0
-# The redraws get their own stream, apart from the bootstrap's resampling of models.
-REDRAW_SEED = (SPEARMAN_SEED, 1)
+FIGURES = ("width_series", "resolution_series", "finetune_gain", "robust_acc_vs_eps", "robustness_vs_macs")
+# Bootstrap of several seeds' C&W median (their per-image distances drawn together).
+REDRAW_SEED = (0, 1)
 N_BOOT = 2000
-# Random pairings of the permutation test beyond EXACT_PERMUTATION_MAX_N models (all up to it).
-N_PERM = 20000
-# Two-sided level of the permutation test that a verdict must pass besides its bootstrap CI.
-VERDICT_P = 0.05
 DASH = "—"
-
-LIGHTER = "lighter models are easier to fool"
-LARGER = "larger models are easier to fool"
-GAIN_LIGHTER = "the gain from fine-tuning is larger for lighter models"
-GAIN_LARGER = "the gain from fine-tuning is larger for larger models"
-INCONCLUSIVE = "inconclusive"
 
 
 # -- aggregation --------------------------------------------------------------------------------
@@ -199,7 +186,7 @@ def _row_dict(row: _Row) -> dict[str, Any]:
     out["cw_l2"] = float(np.mean(medians)) if cws else math.nan
     finite = all(math.isfinite(m) for m in medians)
     out["cw_std"] = float(np.std(medians, ddof=1)) if len(cws) > 1 and finite else math.nan
-    # For the findings' redraws (and several seeds' CI); kept out of the CSV.
+    # For several seeds' C&W CI; kept out of the CSV.
     distances = [c[3] for c in cws]
     out["cw_l2_per_seed"] = tuple(distances) if cws and all(d is not None for d in distances) else None
     if len(cws) > 1 and out["cw_l2_per_seed"] is not None:
@@ -276,177 +263,18 @@ def build_eps_curves(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-# -- findings -----------------------------------------------------------------------------------
+def analyse_all(records: Iterable[Mapping[str, Any]]) -> dict[str, Board]:
+    """The verdict board (:mod:`robust_mnv1.report.verdicts`) of each dataset of ``records``."""
+    outcomes = collect(records)
+    return {key: analyse(outcomes, key) for key in sorted({o.data_key for o in outcomes})}
 
 
-@dataclass(frozen=True)
-class Finding:
-    """Spearman correlation between model size (MACs) and a robustness metric (or its gain).
-
-    ``kind`` is ``"robustness"`` (the metric itself within ``regime``) or ``"gain"`` (the
-    metric of ``regime`` minus that of standard training, matched by model). ``verdict`` is
-    one of the module's verdict phrases; ``text`` is the sentence printed in the leaderboard.
-    """
-
-    data: str
-    kind: str
-    metric: str
-    regime: str
-    rho: float
-    lo: float
-    hi: float
-    p: float
-    n: int
-    verdict: str
-    text: str
-
-
-def _fmt_num(x: float, fmt: str = ".2f") -> str:
-    return "n/a" if math.isnan(x) else format(x, fmt)
-
-
-def _sign(lo: float, hi: float, p: float) -> int:
-    # nan compares False, so a missing interval or p-value is never a verdict.
-    if not p < VERDICT_P:
-        return 0
-    return 1 if lo > 0 else -1 if hi < 0 else 0
-
-
-def _redraw(rows: pd.DataFrame, metric: str, rng: np.random.Generator, suffix: str = "") -> np.ndarray | None:
-    """N_BOOT redraws of each row's metric from its test images, the bootstrap's second level.
-
-    Accuracies come from the Jeffreys posterior Beta(k + 1/2, n - k + 1/2) of their counts pooled
-    over seeds (columns ``<metric>_k``/``_n`` plus ``suffix``), which, unlike a binomial redraw,
-    still varies at 0 or n correct; they centre on the pooled k/n, which is the row's mean over
-    seeds whenever its seeds used the same n. C&W medians are the mean over seeds of a bootstrap
-    median of each seed's per-image distances (+inf where most images were never broken); None
-    when a row's records lack those (older records), and then no C&W metric is redrawn.
-    Seed-to-seed variance is in neither."""
-    if metric != "cw":
-        k, n = rows[f"{metric}_k{suffix}"].to_numpy(), rows[f"{metric}_n{suffix}"].to_numpy()
-        return rng.beta(k + 0.5, n - k + 0.5, size=(N_BOOT, len(rows)))
-    per_row = list(rows[f"cw_l2_per_seed{suffix}"])
-    if not per_row or any(seeds is None for seeds in per_row):
-        return None
-    return np.stack([_cw_median_draws(seeds, rng) for seeds in per_row], axis=1)
+# -- several seeds' C&W interval ----------------------------------------------------------------
 
 
 def _cw_median_draws(seeds: Sequence[np.ndarray], rng: np.random.Generator) -> np.ndarray:
     """N_BOOT bootstrap medians of each seed's per-image C&W distances, averaged over the seeds."""
     return np.mean([np.median(d[rng.integers(0, d.size, (N_BOOT, d.size))], axis=1) for d in seeds], axis=0)
-
-
-def _make_finding(
-    data: str,
-    kind: str,
-    metric: str,
-    regime: str,
-    macs: np.ndarray,
-    values: np.ndarray,
-    draws: np.ndarray | None,
-) -> Finding:
-    n = len(macs)
-    if n:
-        rho, lo, hi = spearman_with_ci(macs, values, n_boot=N_BOOT, seed=SPEARMAN_SEED, y_draws=draws)
-        p = spearman_permutation_p(macs, values, n_perm=N_PERM, seed=SPEARMAN_SEED)
-    else:
-        rho = lo = hi = p = math.nan
-    sign = _sign(lo, hi, p)
-    label = METRIC_LABELS[metric]
-    stats = (
-        f"ρ_s = {_fmt_num(rho)}, 95% CI [{_fmt_num(lo)}, {_fmt_num(hi)}], "
-        f"permutation p = {_fmt_num(p, '.3g')}, n = {n} model{'s' * (n != 1)}"
-    )
-    if draws is None and n:
-        stats += "; medians not redrawn: records without per-image distances"
-    # Without ties the smallest two-sided p of n ranks is 2/n!, so below 5 models none passes.
-    if not 2 / math.factorial(n) < VERDICT_P:
-        stats += "; too few models for a verdict"
-    if kind == "robustness":
-        verdict = {1: LIGHTER, -1: LARGER, 0: INCONCLUSIVE}[sign]
-        prefix = "standard training" if regime == "standard" else f"{REGIME_LABELS[regime]} fine-tuning"
-        body = verdict if sign else "inconclusive whether model size changes robustness"
-        text = f"{prefix}: {body} under {label} ({stats})"
-    else:
-        verdict = {1: GAIN_LARGER, -1: GAIN_LIGHTER, 0: INCONCLUSIVE}[sign]
-        body = verdict if sign else "inconclusive whether the gain from fine-tuning depends on model size"
-        text = f"{REGIME_LABELS[regime]} vs standard: {body} under {label} ({stats})"
-    return Finding(data, kind, metric, regime, rho, lo, hi, p, n, verdict, text)
-
-
-def _gains(table: pd.DataFrame, regime: str, metric: str) -> pd.DataFrame:
-    col = METRIC_COLUMNS[metric]
-    cols = [col, "cw_l2_per_seed"] if metric == "cw" else [col, f"{metric}_k", f"{metric}_n"]
-    std = table[table["regime"] == "standard"][["data_key", "model", *cols]]
-    adv = table[table["regime"] == regime][["data_key", "model", "macs", "alpha", "rho", *cols]]
-    merged = adv.merge(std, on=["data_key", "model"], suffixes=("", "_standard"), sort=True)
-    merged["gain"] = merged[col] - merged[f"{col}_standard"]
-    # An infinite C&W median makes an infinite gain, which still ranks; inf - inf says nothing.
-    return merged[~np.isnan(merged["gain"])]
-
-
-def _rank_safe(values: np.ndarray) -> np.ndarray:
-    """Replace +-inf (C&W medians over mostly failed attacks, and their gains) by finite values
-    of the same rank: above (below) every finite value."""
-    finite = values[np.isfinite(values)]
-    top, bottom = (finite.max() + 1.0, finite.min() - 1.0) if finite.size else (1.0, -1.0)
-    return np.where(np.isposinf(values), top, np.where(np.isneginf(values), bottom, values))
-
-
-def findings(records_or_table: Iterable[Mapping[str, Any]] | pd.DataFrame) -> list[Finding]:
-    """Size-vs-robustness and size-vs-gain correlations for every dataset, regime and metric.
-
-    The CI is a two-level percentile bootstrap: models are resampled, and each model's value is
-    redrawn from its test images (:func:`_redraw`; gains redraw both regimes independently, which
-    is conservative as both saw the same images). Infinite C&W medians and gains rank above
-    (or, negative, below) every finite one. Positive ρ_s with the CI entirely above 0 and a
-    two-sided permutation p below ``VERDICT_P`` means lighter models are easier to fool (or, for
-    gains, that fine-tuning helps larger models more); a CI entirely below 0 with such a p the
-    reverse; anything else (including a nan correlation, or fewer than 5 models, whose p cannot
-    go below 0.05) is inconclusive.
-    """
-    table = records_or_table if isinstance(records_or_table, pd.DataFrame) else build_table(records_or_table)
-    out: list[Finding] = []
-    if table.empty:
-        return out
-    for data_key in sorted(table["data_key"].unique()):
-        data = table[table["data_key"] == data_key]
-        regimes = [r for r in REGIMES if r in set(data["regime"])]
-        for regime in regimes:
-            rows = data[data["regime"] == regime]
-            for metric, col in METRIC_COLUMNS.items():
-                ok = rows[~np.isnan(rows[col])]
-                values = _rank_safe(ok[col].to_numpy())
-                draws = _redraw(ok, metric, np.random.default_rng(REDRAW_SEED))
-                draws = None if draws is None else _rank_safe(draws)
-                out.append(
-                    _make_finding(
-                        data_key, "robustness", metric, regime, ok["macs"].to_numpy(), values, draws
-                    )
-                )
-        if "standard" in regimes:
-            for regime in regimes[1:]:
-                for metric in METRIC_COLUMNS:
-                    gains = _gains(data, regime, metric)
-                    # Both regimes saw the same images; independent redraws overstate the noise.
-                    rng = np.random.default_rng(REDRAW_SEED)
-                    adv, std = _redraw(gains, metric, rng), _redraw(gains, metric, rng, "_standard")
-                    # Subtract before ranking: an infinite fine-tuned median is an infinite gain. A
-                    # draw where both medians are infinite measured no gain: 0.
-                    diff = None if adv is None or std is None else adv - std
-                    draws = None if diff is None else _rank_safe(np.where(np.isnan(diff), 0.0, diff))
-                    out.append(
-                        _make_finding(
-                            data_key,
-                            "gain",
-                            metric,
-                            regime,
-                            gains["macs"].to_numpy(),
-                            _rank_safe(gains["gain"].to_numpy()),
-                            draws,
-                        )
-                    )
-    return out
 
 
 def _change(name: str, row: Mapping[str, Any], col: str) -> str:
@@ -675,11 +503,13 @@ def render_markdown(
     records: Sequence[Mapping[str, Any]],
     table: pd.DataFrame | None = None,
     profiles: Sequence[Mapping[str, Any]] = (),
+    boards: Mapping[str, Board] | None = None,
 ) -> str:
-    """The leaderboard page: one section (protocol, table, findings) per dataset, the per-layer
+    """The leaderboard page: one section (protocol, table, verdicts) per dataset, the per-layer
     latency notes when there are ``profiles``, then figures.
 
-    ``table`` defaults to ``build_table(records)``; pass it to avoid recomputing it.
+    ``table`` and ``boards`` default to ``build_table(records)`` and ``analyse_all(records)``;
+    pass them to avoid recomputing them.
     """
     records = sorted(records, key=lambda r: r["run_id"])
     if table is None:
@@ -692,7 +522,8 @@ def render_markdown(
         f"file, from the {len(records)} run records in DIR/runs (newest created {newest}); "
         "do not edit by hand.",
     ]
-    all_findings = findings(table)
+    if boards is None:
+        boards = analyse_all(records)
     for data_key in sorted(table["data_key"].unique()) if not table.empty else []:
         mine = [r for r in records if r["data"]["key"] == data_key]
         rows = table[table["data_key"] == data_key]
@@ -716,24 +547,10 @@ def render_markdown(
             "",
             *table_lines(rows),
             "",
-            "### Findings",
+            "### Is a lighter model easier to fool?",
             "",
-            "Spearman rank correlation ρ_s between model size (MACs) and robustness across the models of "
-            "each regime. The 95% CI is a percentile bootstrap over models in which each model's value is "
-            "also redrawn from its test images (accuracies from their counts, C&W medians from their "
-            "per-image distances; seed-to-seed variance is not included, and a gain redraws both regimes "
-            "independently, which widens its CI). p is the two-sided permutation p-value of ρ_s: the share "
-            "of pairings of values with models whose |ρ_s| reaches the observed one (all pairings up to "
-            f"{EXACT_PERMUTATION_MAX_N} models, {N_PERM} random ones beyond). A verdict needs the whole CI "
-            f"on one side of 0 and p < {VERDICT_P}; fewer than 5 models can never reach that p.",
-            "",
+            *verdict_section(boards[data_key]),
         ]
-        mine_f = [f for f in all_findings if f.data == data_key]
-        out += [f"- {f.text}" for f in mine_f if f.kind == "robustness"]
-        gains = [f for f in mine_f if f.kind == "gain"]
-        if gains:
-            out += ["", "Gain from fine-tuning (regime minus standard, matched by model) vs MACs:", ""]
-            out += [f"- {f.text}" for f in gains]
         costs = _clean_cost_lines(rows)
         if costs:
             out += ["", "### Clean-accuracy cost of fine-tuning", ""]
@@ -769,13 +586,6 @@ def _data_labels(table: pd.DataFrame) -> dict[str, str]:
     return {k: " / ".join(sorted(set(g["data_label"]))) for k, g in table.groupby("data_key", sort=True)}
 
 
-def _save(fig: Figure, path: Path) -> None:
-    buf = io.BytesIO()
-    # No Software/date metadata, so the same data gives the same bytes.
-    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
-    path.write_bytes(buf.getvalue())
-
-
 def _plot_eps(table: pd.DataFrame, curves: pd.DataFrame, path: Path) -> None:
     labels = _data_labels(table)
     colors = _model_colors(table)
@@ -796,23 +606,28 @@ def _plot_eps(table: pd.DataFrame, curves: pd.DataFrame, path: Path) -> None:
                     (table["data_key"] == data_key) & (table["model"] == model) & (table["regime"] == regime)
                 ]
                 g = g.sort_values("eps_255")
+                c = clean.iloc[0]
                 xs = [0.0, *g["eps_255"]]
-                ys = [100 * clean["clean_acc"].iloc[0], *(100 * g["acc"])]
+                ys = 100 * np.array([c["clean_acc"], *g["acc"]])
+                lo = 100 * np.array([c["clean_lo"], *g["lo"]])
+                hi = 100 * np.array([c["clean_hi"], *g["hi"]])
                 style, marker = _REGIME_STYLE[regime]
-                ax.plot(
+                ax.errorbar(
                     xs,
                     ys,
-                    style,
+                    yerr=[ys - lo, hi - ys],
+                    linestyle=style,
                     marker=marker,
+                    capsize=2,
                     color=colors[model],
                     label=f"{model} ({REGIME_LABELS[regime]})",
                 )
-            ax.set_title(f"{label}: {name} (L∞) robust accuracy")
+            ax.set_title(f"{label}: {name} (L∞) robust accuracy, Wilson 95% CIs")
             ax.set_xlabel("ε (×1/255; 0 = clean)")
             ax.set_ylabel("accuracy (%)")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=6)
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def _pareto(points: pd.DataFrame) -> pd.DataFrame:
@@ -849,10 +664,13 @@ def _plot_macs(table: pd.DataFrame, path: Path) -> None:
         for regime in REGIMES:
             g = rows[rows["regime"] == regime]
             if not g.empty:
-                ax.scatter(
+                ys = 100 * g["worst8_acc"]
+                ax.errorbar(
                     g["macs_m"],
-                    100 * g["worst8_acc"],
-                    marker=_REGIME_STYLE[regime][1],
+                    ys,
+                    yerr=[ys - 100 * g["worst8_lo"], 100 * g["worst8_hi"] - ys],
+                    fmt=_REGIME_STYLE[regime][1],
+                    capsize=3,
                     label=REGIME_LABELS[regime],
                 )
         front = _pareto(rows)
@@ -869,41 +687,7 @@ def _plot_macs(table: pd.DataFrame, path: Path) -> None:
         ax.set_ylabel("worst-case@8/255 accuracy (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    _save(fig, path)
-
-
-def _plot_gain(table: pd.DataFrame, path: Path) -> None:
-    labels = _data_labels(table)
-    fig = Figure(figsize=(12, 4.5 * len(labels)), layout="constrained")
-    axes = fig.subplots(len(labels), 2, squeeze=False)
-    for (data_key, label), ax_row in zip(labels.items(), axes, strict=True):
-        data = table[table["data_key"] == data_key]
-        gains = pd.concat([_gains(data, regime, "worst8").assign(regime=regime) for regime in REGIMES[1:]])
-        for ax, x, other, name in ((ax_row[0], "alpha", "rho", "α"), (ax_row[1], "rho", "alpha", "ρ")):
-            if gains.empty:
-                _note(ax, f"{label}: no standard + fine-tuned pair for worst-case@8/255")
-                continue
-            if gains[x].nunique() < 2:
-                _note(ax, f"{label}: every model has {name} = {gains[x].iloc[0]:g}; no {name} sweep")
-                continue
-            for (regime, fixed), g in gains.groupby(["regime", other], sort=True):
-                g = g.sort_values(x)
-                style, marker = _REGIME_STYLE[regime]
-                other_name = "ρ" if other == "rho" else "α"
-                ax.plot(
-                    g[x],
-                    100 * g["gain"],
-                    style,
-                    marker=marker,
-                    label=f"{REGIME_LABELS[regime]}, {other_name}={fixed:g}",
-                )
-            ax.axhline(0, color="0.5", lw=0.8)
-            ax.set_title(f"{label}: fine-tuning gain by {name}")
-            ax.set_xlabel(f"{name} ({'width' if x == 'alpha' else 'resolution'} multiplier)")
-            ax.set_ylabel("gain in worst-case@8/255 accuracy (points)")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-    _save(fig, path)
+    save_png(fig, path)
 
 
 # -- entry points -------------------------------------------------------------------------------
@@ -922,17 +706,22 @@ def generate(results_dir: str | Path) -> dict[str, Path]:
     if not records:
         raise UserError(f"no valid run records in {runs}; run the study first (it writes runs/<run_id>.json)")
     table = build_table(records)
+    boards = analyse_all(records)
     paths = {"markdown": results_dir / "leaderboard.md", "csv": results_dir / "leaderboard.csv"}
     profiles = load_profiles(results_dir / "profiles")
-    paths["markdown"].write_text(render_markdown(records, table, profiles), encoding="utf-8")
+    markdown = render_markdown(records, table, profiles, boards)
     csv = table.drop(columns="cw_l2_per_seed").to_csv(index=False, float_format="%.6g", lineterminator="\n")
-    paths["csv"].write_text(csv, encoding="utf-8")
     figures = results_dir / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     paths.update({name: figures / f"{name}.png" for name in FIGURES})
+    plot_series(boards, "width", paths["width_series"])
+    plot_series(boards, "resolution", paths["resolution_series"])
+    plot_gains(boards, paths["finetune_gain"])
     _plot_eps(table, build_eps_curves(records), paths["robust_acc_vs_eps"])
     _plot_macs(table, paths["robustness_vs_macs"])
-    _plot_gain(table, paths["finetune_gain"])
+    # The board last: it links the figures, so it never describes figures that failed to render.
+    atomic_write_text(paths["csv"], csv)
+    atomic_write_text(paths["markdown"], markdown)
     return paths
 
 

@@ -2,7 +2,7 @@
 
 ``python -m robust_mnv1.readme_findings --results results`` rewrites the block between the
 ``<!-- findings:start -->`` and ``<!-- findings:end -->`` markers of README.md with: the top
-rows of the leaderboard, every computed verdict, one figure and a link to the full board.
+rows of the leaderboard, every verdict line, the series figures and a link to the full board.
 ``--check`` only compares, exiting 1 when the README is stale (a test runs it).
 """
 
@@ -13,8 +13,9 @@ import os
 import sys
 from pathlib import Path
 
-from robust_mnv1.leaderboard import INCONCLUSIVE, VERDICT_P, build_table, findings, table_lines
+from robust_mnv1.leaderboard import analyse_all, build_table, table_lines
 from robust_mnv1.records import load_records
+from robust_mnv1.report.verdict_text import verdict_lines
 
 START, END = "<!-- findings:start -->", "<!-- findings:end -->"
 TOP_ROWS = 5
@@ -36,20 +37,21 @@ def section(results_dir: Path, readme_dir: Path) -> str:
         "",
         *table_lines(table.head(TOP_ROWS)),
         "",
-        "Computed verdicts (Spearman correlation of MACs with robustness: a verdict needs its two-level "
-        f"bootstrap 95% CI on one side of 0 and a permutation p < {VERDICT_P}):",
+        "Computed verdicts (paired per-image tests along each series, Holm-corrected; the rule and every "
+        "test are on the full board):",
         "",
     ]
-    found = findings(table)
-    decided = [f for f in found if f.verdict != INCONCLUSIVE]
-    lines += [f"- {f.text}" for f in decided] or [
-        f"- none: every correlation's CI crosses 0, its permutation p is at least {VERDICT_P}, "
-        "or it has too few models"
-    ]
+    boards = analyse_all(records)
+    for data_key, board in boards.items():
+        prefix = f"{data_key}, " if len(boards) > 1 else ""
+        lines += [f"- {prefix}{line}" for line in verdict_lines(board)] or [
+            f"- {data_key}: no series (a verdict needs two models that differ in one multiplier only)"
+        ]
     lines += [
-        f"- {len(found) - len(decided)} of {len(found)} comparisons are inconclusive (see the full board).",
         "",
-        f"![robustness vs MACs]({rel}/figures/robustness_vs_macs.png)",
+        f"![width series]({rel}/figures/width_series.png)",
+        "",
+        f"![resolution series]({rel}/figures/resolution_series.png)",
         END,
     ]
     return "\n".join(lines)

@@ -248,7 +248,9 @@ def _validate_clean(record: Mapping[str, Any]) -> tuple[int, int]:
         except RecordError as e:
             raise _fail("clean.correct_mask", str(e)) from None
         if int(mask.sum()) != correct:
-            raise _fail("clean.correct_mask", f"marks {int(mask.sum())} images, not clean.correct = {correct}")
+            raise _fail(
+                "clean.correct_mask", f"marks {int(mask.sum())} images, not clean.correct = {correct}"
+            )
     return correct, n
 
 

@@ -134,7 +134,7 @@ def make_record(
         "seed": seed,
         "config": config,
         "config_hash": config_hash(config),
-        "clean": {"n": n, "correct": k, **_acc_block(k, n)},
+        "clean": {"n": n, "correct": k, **_acc_block(k, n), "correct_mask": encode_mask(clean_mask)},
         "eps_results": [dict(e) for e in eps_results],
         "cw": cw,
         "sanity": {

@@ -8,18 +8,18 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
 # tests/ may be run as a package (tests/__init__.py) or as plain modules on sys.path.
 try:
-    from tests._records import DATA, make_study, skewed_distances, write_study
+    from tests._records import DATA, make_study, write_study
 except ImportError:
-    from _records import DATA, make_study, skewed_distances, write_study
+    from _records import DATA, make_study, write_study
 
 from robust_mnv1 import leaderboard as lb
 from robust_mnv1.errors import UserError
 from robust_mnv1.records import decode_mask
+from robust_mnv1.report.verdict_text import verdict_lines
 from robust_mnv1.stats import wilson_ci
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -167,173 +167,20 @@ def test_seed_averaging():
     assert f"{100 * row['clean_acc']:.1f} ± {100 * row['clean_std']:.1f} [" in md
 
 
-def _verdicts(findings, kind: str) -> dict[tuple[str, str], str]:
-    return {(f.regime, f.metric): f.verdict for f in findings if f.kind == kind}
+def test_the_board_concludes_on_a_planted_width_effect():
+    # Robustness grows with width; on 2000 paired images the lightest vs the largest is a verdict.
+    boards = lb.analyse_all(make_study(n=2000))
+    lines = verdict_lines(boards["cifar10-jpeg"])
+    assert any("lighter is easier to fool" in line for line in lines)
+    assert all("width (α at ρ = 1)" in line for line in lines)
 
 
-# Seven widths, as many models as the study has per regime; 2000 images keep the test-set noise
-# of the gains (the difference of two redrawn accuracies) small against their trend.
-SEVEN = (0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
-
-
-def test_monotone_data_lighter_models_are_easier_to_fool():
-    found = lb.findings(make_study(alphas=SEVEN, n=2000))
-    robustness = _verdicts(found, "robustness")
-    assert len(robustness) == 2 * 5
-    assert set(robustness.values()) == {lb.LIGHTER}
-    assert set(_verdicts(found, "gain").values()) == {lb.GAIN_LARGER}
-    f = next(f for f in found if (f.kind, f.regime, f.metric) == ("robustness", "standard", "pgd2"))
-    assert f.n == 7 and f.rho == 1.0 and f.lo > 0
-    assert f.p == pytest.approx(2 / math.factorial(7))
-    assert f.text.startswith(
-        "standard training: lighter models are easier to fool under PGD@2/255 (ρ_s = 1.00"
-    )
-    assert "permutation p = 0.000397, n = 7 models" in f.text
-
-
-def test_reversed_data_larger_models_are_easier_to_fool():
-    records = make_study(alphas=SEVEN, regimes=("standard",), robust_rank=tuple(range(6, -1, -1)), n=2000)
-    assert set(_verdicts(lb.findings(records), "robustness").values()) == {lb.LARGER}
-
-
-def test_shuffled_data_is_inconclusive():
-    # ranks (1, 3, 0, 2) against MACs order (0, 1, 2, 3) have Spearman rho = 0.
-    records = make_study(robust_rank=(1, 3, 0, 2))
-    found = lb.findings(records)
-    assert set(_verdicts(found, "robustness").values()) == {lb.INCONCLUSIVE}
-    assert set(_verdicts(found, "gain").values()) == {lb.INCONCLUSIVE}
-    for f in found:
-        assert f.lo < 0 < f.hi
-        assert "inconclusive" in f.text
-
-
-def test_four_perfectly_ordered_models_are_no_verdict(table):
-    # A bootstrap over 4 perfectly ordered models puts the CI above 0; yet a random order of 4
-    # is perfect (either way) in 1 case of 12, so the permutation test keeps it inconclusive.
-    found = lb.findings(table)
-    assert {f.verdict for f in found} == {lb.INCONCLUSIVE}
-    f = next(f for f in found if (f.kind, f.regime, f.metric) == ("robustness", "standard", "pgd2"))
-    assert (f.n, f.rho, f.hi) == (4, 1.0, 1.0) and f.lo > 0
-    assert f.p == pytest.approx(1 / 12)
-    assert "permutation p = 0.0833, n = 4 models; too few models for a verdict" in f.text
-
-
-def test_test_set_noise_can_outweigh_a_perfect_order():
-    table = lb.build_table(make_study(alphas=SEVEN, regimes=("standard",), n=2000))
-    n = 10_000
-
-    def pgd8_finding(counts):
-        tab = table.copy()
-        tab["pgd8_k"], tab["pgd8_n"] = counts, n
-        tab["pgd8_acc"] = tab["pgd8_k"] / n
-        return next(f for f in lb.findings(tab) if f.metric == "pgd8")
-
-    # Models one image apart in 10000 are perfectly ordered (p = 2/7!), but the order is noise.
-    by_macs = np.argsort(np.argsort(table["macs"].to_numpy()))
-    noise = pgd8_finding(1 + by_macs)
-    assert noise.rho == 1.0 and noise.p < lb.VERDICT_P
-    assert noise.lo < 0 < noise.hi and noise.verdict == lb.INCONCLUSIVE
-    # Two hundred images apart, the same order is a verdict.
-    assert pgd8_finding(200 * (1 + by_macs)).verdict == lb.LIGHTER
-
-
-def test_test_set_noise_can_outweigh_a_perfect_order_of_gains():
-    table = lb.build_table(make_study(alphas=SEVEN, n=2000))
-    n = 10_000
-    by_macs = np.argsort(np.argsort(table.loc[table["regime"] == "standard", "macs"].to_numpy()))
-    # Both regimes are far apart model to model, but their gains differ by one image in 10000:
-    # only redraws of the difference (not of either regime alone) see that as noise.
-    standard = table["regime"] == "standard"
-    table.loc[standard, "pgd8_k"] = 200 * (1 + by_macs)
-    table.loc[~standard, "pgd8_k"] = 200 * (1 + by_macs) + 1000 + by_macs
-    table["pgd8_n"] = n
-    table["pgd8_acc"] = table["pgd8_k"] / n
-    gain = next(f for f in lb.findings(table) if (f.kind, f.metric) == ("gain", "pgd8"))
-    assert gain.rho == 1.0 and gain.p < lb.VERDICT_P
-    assert gain.lo < 0 < gain.hi and gain.verdict == lb.INCONCLUSIVE
-
-
-def test_cw_medians_are_redrawn_from_per_image_distances():
-    records = make_study(alphas=SEVEN, regimes=("standard",))
-    table = lb.build_table(records)
-    tight = next(f for f in lb.findings(table) if f.metric == "cw")
-    assert tight.verdict == lb.LIGHTER and "not redrawn" not in tight.text
-    # The same ordered medians over images spread far wider than their steps: no verdict.
+def test_records_without_clean_masks_are_not_compared():
+    records = make_study()
     for r in records:
-        if r["attack"] == "cw":
-            k, median = r["cw"]["n_clean_correct"], r["cw"]["median_l2"]
-            r["cw"]["l2_per_image"] = list(median + np.linspace(-2.0, 2.0, k))
-    wide = next(f for f in lb.findings(records) if f.metric == "cw")
-    assert (wide.rho, wide.p) == (tight.rho, tight.p)
-    assert wide.lo < 0 < wide.hi and wide.verdict == lb.INCONCLUSIVE
-
-
-def test_infinite_cw_medians_rank_above_in_findings_and_gains():
-    records = make_study(alphas=SEVEN)
-    for r in records:
-        if r["attack"] != "cw" or r["model"]["alpha"] < 0.875:
-            continue
-        k = r["cw"]["n_clean_correct"]
-        if r["regime"] == "pgd-at":
-            # The two widest fine-tuned models resist C&W on 60% of their images: median inf.
-            broken = round(0.4 * k)
-            l2 = sorted(r["cw"]["l2_per_image"])[:broken] + [math.inf] * (k - broken)
-            r["cw"].update(l2_per_image=l2, median_l2=math.inf, median_l2_ci95=[l2[0], math.inf])
-        else:
-            # Their standard medians lie far above every finite fine-tuned one, so a gain taken
-            # after mapping inf to a finite rank (instead of before) would come out negative.
-            median = 4.0 * r["model"]["alpha"]
-            r["cw"].update(l2_per_image=skewed_distances(median, k), median_l2=median)
-    found = {(f.kind, f.regime): f for f in lb.findings(records) if f.metric == "cw"}
-    robust, gain = found[("robustness", "pgd-at")], found[("gain", "pgd-at")]
-    # Both keep all 7 models; the infinite gains rank on top rather than being dropped or misranked.
-    assert robust.n == gain.n == 7
-    assert robust.verdict == lb.LIGHTER
-    assert gain.verdict == lb.GAIN_LARGER and gain.lo > 0
-
-
-def test_records_without_distances_leave_cw_unredrawn(tmp_path):
-    records = make_study(alphas=SEVEN, regimes=("standard",))
-    del next(r for r in records if r["attack"] == "cw")["cw"]["l2_per_image"]
-    f = next(f for f in lb.findings(records) if f.metric == "cw")
-    assert "medians not redrawn: records without per-image distances" in f.text
-    write_study(records, tmp_path)
-    lb.generate(tmp_path)
-    header = (tmp_path / "leaderboard.csv").read_text().splitlines()[0].split(",")
-    assert "cw_l2" in header and "cw_l2_per_seed" not in header
-
-
-def test_accuracy_redraws_follow_the_jeffreys_posterior():
-    rows = pd.DataFrame({"pgd8_k": [0, 50], "pgd8_n": [100, 100]})
-    draws = lb._redraw(rows, "pgd8", np.random.default_rng(0))
-    assert draws.shape == (lb.N_BOOT, 2)
-    assert draws[:, 0].std() > 0  # a binomial redraw of 0 correct would always be 0
-    assert draws.mean(axis=0) == pytest.approx([0.5 / 101, 50.5 / 101], abs=0.003)
-
-
-def test_too_few_models_is_inconclusive():
-    found = lb.findings(make_study(alphas=(0.5, 1.0), regimes=("standard",)))
-    assert {f.verdict for f in found} == {lb.INCONCLUSIVE}
-    assert all("too few models" in f.text for f in found)
-
-
-def test_infinite_and_undefined_cw_medians():
-    records = make_study(regimes=("standard",))
-    cws = {r["model"]["alpha"]: r["cw"] for r in records if r["attack"] == "cw"}
-    # The largest model resists C&W on most images (median inf); the smallest has no defined median.
-    cws[1.0].update(median_l2=math.inf, median_l2_ci95=[0.5, math.inf])
-    cws[0.25].update(median_l2=math.nan, median_l2_ci95=[math.nan, math.nan], mean_l2=math.nan)
-    table = lb.build_table(records)
-    assert _row(table, 1.0, "standard")["cw_l2"] == math.inf
-    assert math.isnan(_row(table, 0.25, "standard")["cw_l2"])
-    f = next(f for f in lb.findings(table) if f.metric == "cw")
-    assert (f.n, f.rho) == (3, 1.0)  # inf ranks above every finite median
-    md = lb.render_markdown(records, table)
-    assert "| inf [0.500, inf] |" in md
-
-
-def test_findings_accept_records_or_table(study, table):
-    assert lb.findings(study) == lb.findings(table)
+        del r["clean"]["correct_mask"]
+    board = lb.analyse_all(records)["cifar10-jpeg"]
+    assert board.series and not board.tests and board.skipped
 
 
 def test_markdown_sections(study, table):
@@ -350,12 +197,13 @@ def test_markdown_sections(study, table):
         "torch 2.11.0",
         "`abc1234`",
         "pooled over seeds",
-        "fewer than 5 models can never reach that p",
+        "Holm-adjusted p < 0.05",
+        "#### Every test",
         "### Clean-accuracy cost of fine-tuning",
         "![finetune_gain](figures/finetune_gain.png)",
     ):
         assert needle in md, needle
-    assert md.index("### Evaluation protocol") < md.index("| rank |") < md.index("### Findings")
+    assert md.index("### Evaluation protocol") < md.index("| rank |") < md.index("### Is a lighter model")
 
 
 def test_one_table_per_dataset():
@@ -368,7 +216,7 @@ def test_one_table_per_dataset():
     md = lb.render_markdown(records, table)
     assert md.count("| rank |") == 2
     assert md.index("## CIFAR-10 (JPEG q75)") < md.index("## SVHN")
-    assert {f.data for f in lb.findings(table)} == {"cifar10-jpeg", "svhn"}
+    assert set(lb.analyse_all(records)) == {"cifar10-jpeg", "svhn"}
 
 
 def test_generate_is_deterministic_and_writes_pngs(tmp_path, study):
@@ -383,7 +231,8 @@ def test_generate_is_deterministic_and_writes_pngs(tmp_path, study):
     for name in lb.FIGURES:
         data = first[name].read_bytes()
         assert first[name].parent == tmp_path / "figures"
-        assert data.startswith(PNG_MAGIC) and len(data) > 5000
+        # The study has widths only: its resolution figure is the short "no series" note.
+        assert data.startswith(PNG_MAGIC) and len(data) > (2000 if name == "resolution_series" else 5000)
         assert data == snapshot[name]  # no Software/date metadata: PNGs are stable too
     csv_header = snapshot["csv"].decode().splitlines()[0].split(",")
     assert csv_header[:5] == ["data_key", "data_label", "rank", "model", "regime"]
@@ -406,7 +255,7 @@ def test_corrupt_record_is_skipped_and_the_rest_render(tmp_path, study):
         paths = lb.generate(tmp_path)
     md = paths["markdown"].read_text()
     assert f"from the {len(study) - 1} run records" in md
-    assert md.count("| MobileNetV1-") == 8
+    assert md.split("### Is a lighter")[0].count("| MobileNetV1-") == 8
 
 
 def test_cli_writes_outputs(tmp_path, study, capsys):

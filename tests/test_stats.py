@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import math
-from itertools import permutations
 
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from scipy.stats import permutation_test, spearmanr
 
 from robust_mnv1 import stats
 from robust_mnv1.errors import UserError
-from robust_mnv1.stats import bootstrap_ci, spearman_permutation_p, spearman_with_ci, wilson_ci
+from robust_mnv1.stats import bootstrap_ci, wilson_ci
 
 
 def test_wilson_known_values():
@@ -81,138 +79,3 @@ def test_bootstrap_empty_and_infinite():
 def test_bootstrap_rejects_bad_arguments(kwargs):
     with pytest.raises(UserError):
         bootstrap_ci([1.0, 2.0], **kwargs)
-
-
-def test_spearman_monotone():
-    x = np.array([3.0, 11.6, 26.0, 46.1, 60.0])
-    assert spearman_with_ci(x, x**2) == (1.0, 1.0, 1.0)
-    assert spearman_with_ci(x, -x) == (-1.0, -1.0, -1.0)
-
-
-def test_spearman_ci_sign_on_noisy_trend():
-    rng = np.random.default_rng(0)
-    x = np.arange(20.0)
-    rho, lo, hi = spearman_with_ci(x, x + rng.normal(0, 4, size=20))
-    assert 0 < lo < rho < hi <= 1
-    rho, lo, hi = spearman_with_ci(x, -x + rng.normal(0, 4, size=20))
-    assert -1 <= lo < rho < hi < 0
-
-
-def test_spearman_random_data_is_inconclusive():
-    rng = np.random.default_rng(0)
-    rho, lo, hi = spearman_with_ci(rng.normal(size=15), rng.normal(size=15))
-    assert lo < 0 < hi
-    assert lo <= rho <= hi
-
-
-def test_spearman_matches_scipy_with_ties_and_is_deterministic():
-    x = [1, 2, 2, 3, 5, 5, 5, 8]
-    y = [2, 1, 4, 4, 6, 3, 7, 9]
-    rho, lo, hi = spearman_with_ci(x, y, seed=7)
-    assert rho == pytest.approx(spearmanr(x, y).statistic)
-    assert (rho, lo, hi) == spearman_with_ci(x, y, seed=7)
-    assert -1 <= lo <= hi <= 1
-
-
-def test_spearman_degenerate_inputs_give_nan():
-    assert all(math.isnan(v) for v in spearman_with_ci([1, 2, 3], [4, 4, 4]))
-    assert all(math.isnan(v) for v in spearman_with_ci([1], [2]))
-
-
-def test_spearman_too_few_valid_resamples_gives_nan_ci(monkeypatch):
-    # 3 distinct points: a resample is constant with probability 3/27, so ~89% of resamples are usable.
-    rho, lo, hi = spearman_with_ci([1, 2, 3], [1, 2, 3])
-    assert (rho, lo, hi) == (1.0, 1.0, 1.0)
-    monkeypatch.setattr(stats, "_MIN_VALID_FRACTION", 0.95)
-    rho, lo, hi = spearman_with_ci([1, 2, 3], [1, 2, 3])
-    assert rho == 1.0 and math.isnan(lo) and math.isnan(hi)
-
-
-def test_spearman_rejects_unpaired_or_missing_values():
-    with pytest.raises(UserError, match="paired"):
-        spearman_with_ci([1, 2, 3], [1, 2])
-    with pytest.raises(UserError, match="finite"):
-        spearman_with_ci([1, 2, math.nan], [1, 2, 3])
-
-
-def test_spearman_draws_add_measurement_noise():
-    x = np.arange(6.0)
-    y = x / 100
-    # Draws equal to the observed values leave the interval as it was.
-    same = np.tile(y, (2000, 1))
-    assert spearman_with_ci(x, y, y_draws=same) == spearman_with_ci(x, y)
-    # Draws whose noise swamps the spacing of y pull the interval across 0.
-    noisy = y + np.random.default_rng(0).normal(0, 1.0, size=(2000, 6))
-    rho, lo, hi = spearman_with_ci(x, y, y_draws=noisy)
-    assert rho == 1.0 and lo < 0 < hi
-
-
-@pytest.mark.parametrize("draws", [np.zeros((10, 6)), np.full((2000, 6), math.nan)])
-def test_spearman_rejects_bad_draws(draws):
-    with pytest.raises(UserError, match="y_draws"):
-        spearman_with_ci(np.arange(6.0), np.arange(6.0), y_draws=draws)
-
-
-@pytest.mark.parametrize("n", [3, 5, 6, 8])
-def test_permutation_p_is_exact(n):
-    rng = np.random.default_rng(n)
-    x = rng.integers(0, 4, size=n).astype(float)  # ties in x, as equal MACs would give
-    y = x + rng.normal(size=n)
-    expected = permutation_test(
-        (y,), lambda v: spearmanr(x, v).statistic, permutation_type="pairings", n_resamples=np.inf
-    ).pvalue
-    assert spearman_permutation_p(x, y) == pytest.approx(expected)
-
-
-def test_permutation_p_of_perfect_orders():
-    for n in (2, 3, 4, 5, 7):
-        assert spearman_permutation_p(range(n), range(n)) == pytest.approx(2 / math.factorial(n))
-        assert spearman_permutation_p(range(n), range(n, 0, -1)) == pytest.approx(2 / math.factorial(n))
-
-
-def test_permutation_p_monte_carlo_agrees_with_exact(monkeypatch):
-    rng = np.random.default_rng(1)
-    x = np.arange(9.0)
-    y = x + rng.normal(0, 3, size=9)
-    sampled = spearman_permutation_p(x, y, n_perm=20000, seed=3)  # 9 pairs: sampled
-    monkeypatch.setattr(stats, "EXACT_PERMUTATION_MAX_N", 9)
-    exact = spearman_permutation_p(x, y)
-    monkeypatch.undo()
-    assert sampled == spearman_permutation_p(x, y, n_perm=20000, seed=3)
-    assert sampled == pytest.approx(exact, abs=0.01)
-
-
-def test_permutation_p_degenerate_and_bad_inputs():
-    with pytest.raises(UserError, match="n_perm must be a positive integer"):
-        spearman_permutation_p(range(10), range(10), n_perm=0)
-    assert math.isnan(spearman_permutation_p([1, 2, 3], [4, 4, 4]))
-    assert math.isnan(spearman_permutation_p([1], [2]))
-    with pytest.raises(UserError, match="paired"):
-        spearman_permutation_p([1, 2, 3], [1, 2])
-    with pytest.raises(UserError, match="finite"):
-        spearman_permutation_p([1, 2, math.inf], [1, 2, 3])
-
-
-def _brute_force_p(x, y):
-    observed = abs(spearmanr(x, y).statistic)
-    hits = [
-        abs(spearmanr(x, [y[i] for i in order]).statistic) >= observed - 1e-9
-        for order in permutations(range(len(y)))
-    ]
-    return sum(hits) / len(hits)
-
-
-def test_permutation_p_with_ties_in_both_variables():
-    # scipy's permutation_test doubles the smaller one-sided p here (0.067); |rho| counting gives 0.033.
-    x, y = [2, 2, 0, 1, 1], [0, 0, 2, 1, 1]
-    assert spearman_permutation_p(x, y) == pytest.approx(_brute_force_p(x, y)) == pytest.approx(4 / 120)
-    rng = np.random.default_rng(5)
-    for _ in range(5):
-        x, y = rng.integers(0, 3, size=6), rng.integers(0, 3, size=6)
-        if len(set(x)) > 1 and len(set(y)) > 1:
-            assert spearman_permutation_p(x, y) == pytest.approx(_brute_force_p(x, y))
-
-
-def test_permutation_p_counts_the_observed_pairing_when_sampling():
-    # One sampled pairing of 10 perfectly ordered points almost never reaches |rho| = 1: p = (1 + 0) / 2.
-    assert spearman_permutation_p(range(10), range(10), n_perm=1) == 0.5

@@ -1,0 +1,85 @@
+"""The paired verdicts on synthetic studies with a known truth, and their statistics against scipy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.stats import binomtest
+
+from robust_mnv1.report.paired import holm, log_ratio, mcnemar_exact, sign_test
+from robust_mnv1.report.verdict_text import section, verdict_lines
+from robust_mnv1.report.verdicts import analyse
+from tests._outcomes import synthetic_study
+
+
+def _decided(board):
+    return [t for t in board.tests if t.lighter_easier is not None]
+
+
+def test_mcnemar_and_sign_test_match_scipys_binomial_test():
+    rng = np.random.default_rng(0)
+    a, b = rng.random(500) < 0.5, rng.random(500) < 0.4
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    assert mcnemar_exact(a, b) == pytest.approx(binomtest(only_a, only_a + only_b).pvalue)
+    d = np.array([0.3, -0.1, 0.0, 0.2, np.nan, 0.5, 0.4, -0.2, 0.1])
+    assert sign_test(d) == pytest.approx(binomtest(5, 7).pvalue)
+    assert mcnemar_exact(a, a) == 1.0
+
+
+def test_holm_matches_hand_computation():
+    # Sorted p: 0.01 (×4), 0.02 (×3), 0.03 (×2), 0.5 (×1), each at least the one before.
+    assert holm([0.03, 0.01, 0.5, 0.02]).tolist() == pytest.approx([0.06, 0.04, 0.5, 0.06])
+
+
+def test_log_ratio_treats_two_unbroken_images_as_a_tie():
+    d = log_ratio(np.array([1.0, np.inf, np.inf, 2.0, np.nan]), np.array([2.0, np.inf, 1.0, np.inf, 1.0]))
+    assert d[0] == pytest.approx(np.log(0.5))
+    assert d[1] == 0.0 and d[2] == np.inf and d[3] == -np.inf and np.isnan(d[4])
+
+
+def test_a_planted_effect_is_found_on_every_metric():
+    board = analyse(synthetic_study(effect=0.05), "synthetic")
+    extreme = [t for t in board.tests if t.kind == "pair" and (t.a, t.b) == ("α = 0.25", "α = 1")]
+    assert len(extreme) == 4 and all(t.lighter_easier is True for t in extreme)
+    lines = verdict_lines(board)
+    assert len(lines) == 4 and all("lighter is easier to fool" in line for line in lines)
+    assert all("ignores training randomness" in line for line in lines)
+
+
+def test_the_reverse_effect_is_called_the_other_way():
+    board = analyse(synthetic_study(effect=-0.05), "synthetic")
+    assert {t.lighter_easier for t in board.tests if t.kind == "trend"} == {False}
+
+
+def test_false_verdicts_under_simulated_nulls_stay_within_five_percent():
+    boards = [
+        analyse(synthetic_study(effect=0.0, n=1000, n_cw=100, seed=100 + s), "synthetic") for s in range(60)
+    ]
+    with_false_verdict = sum(bool(_decided(b)) for b in boards)
+    assert with_false_verdict <= 3  # family-wise, over the 20 tests of each board
+
+
+def test_seed_noise_larger_than_image_noise_blocks_the_verdict():
+    noisy = synthetic_study(effect=0.01, n=4000, seeds=(0, 1, 2), seed_noise=0.1)
+    board = analyse(noisy, "synthetic")
+    assert board.spreads and not _decided(board)
+    assert any(t.blocked_by_noise for t in board.tests)
+    assert all("within training noise" in line or "no detectable" in line for line in verdict_lines(board))
+    # The same effect without seed noise concludes: the seeds, not the images, blocked it.
+    quiet = analyse(synthetic_study(effect=0.01, n=4000, seeds=(0, 1, 2), seed_noise=1e-9), "synthetic")
+    assert _decided(quiet)
+
+
+def test_ties_and_infinite_cw_distances_are_handled():
+    board = analyse(synthetic_study(effect=0.05, cw_never_broken=0.3), "synthetic")
+    cw = [t for t in board.tests if t.metric.key == "cw"]
+    assert len(cw) == 5 and all(np.isfinite(t.p) for t in cw)
+    # Most images unbroken: medians are infinite, and the board says so instead of failing.
+    mostly = analyse(synthetic_study(effect=0.05, cw_never_broken=0.8), "synthetic")
+    text = "\n".join(section(mostly))
+    assert "C&W median L2" in text and "inf" in text
+
+
+def test_a_single_model_has_no_series():
+    board = analyse(synthetic_study(alphas=(0.5,)), "synthetic")
+    assert not board.series and "No series" in section(board)[0]
