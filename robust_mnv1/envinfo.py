@@ -42,7 +42,7 @@ def git_commit() -> str | None:
     """The commit of the code, with ``-dirty`` when it has uncommitted changes.
 
     ``ROBUST_MNV1_GIT_COMMIT`` wins when set: a launching script that copies the code to another
-    machine (scripts/gpu_slice.sh) knows the commit better than whatever ``.git`` travelled along.
+    machine without its ``.git`` (docs/offline-gpu.md) knows the commit better than any ``.git`` there.
     """
     if os.environ.get("ROBUST_MNV1_GIT_COMMIT"):
         return os.environ["ROBUST_MNV1_GIT_COMMIT"]

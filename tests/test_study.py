@@ -106,7 +106,8 @@ def test_records_name_their_weights_and_a_record_of_other_weights_is_redone(smok
             assert "parent_weights" not in r["model"]
 
     # Pretend a standard record and a fine-tuned one (same parent) came from other models, as when a
-    # slice retrained them and was cut off: only those two are redone, with the cached models' digests.
+    # machine without the model cache retrained them and was cut off: only those two are redone, with
+    # the cached models' digests.
     runs = tmp_path / "results" / "runs"
     shutil.copytree(root / "results" / "runs", runs)
     files = sorted(runs.glob("*.json"))

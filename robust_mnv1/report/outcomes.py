@@ -71,9 +71,11 @@ def _from_records(records: Sequence[Mapping[str, Any]]) -> Outcomes:
         ]
         if not entries or (attack == "worst" and {e["attack"] for e in entries} != {"fgsm", "pgd"}):
             continue
-        if n is None or any(e["n"] != n for e in entries):
+        # Records made before clean masks were kept still pair their robust masks.
+        size = n if n is not None else entries[0]["n"]
+        if any(e["n"] != size for e in entries):
             continue
-        mask = np.ones(n, dtype=bool)
+        mask = np.ones(size, dtype=bool)
         for e in entries:
             mask &= decode_mask(e["robust_mask"], e["n"])
         robust[key] = mask

@@ -174,18 +174,19 @@ def _series_order(item):
 def _available(metric: Metric, o: Outcomes) -> bool:
     if metric.kind == "cw":
         return o.cw_l2 is not None
-    return o.correct is not None and metric.point in o.robust
+    return metric.point in o.robust and (metric.kind == "robust" or o.correct is not None)
 
 
 def _size(metric: Metric, o: Outcomes) -> int:
-    return len(o.cw_l2) if metric.kind == "cw" else len(o.correct)
+    return len(o.cw_l2) if metric.kind == "cw" else len(o.robust[metric.point])
 
 
 def _binary_columns(metric: Metric, models: Sequence[Outcomes]) -> dict[str, np.ndarray]:
     """The per-image boolean vectors whose (resampled) sums make the metric's values and pair effects."""
-    cols: dict[str, np.ndarray] = {}
+    cols = {f"robust{i}": o.robust[metric.point] for i, o in enumerate(models)}
+    if metric.kind == "robust":
+        return cols
     for i, o in enumerate(models):
-        cols[f"robust{i}"] = o.robust[metric.point]
         cols[f"correct{i}"] = o.correct
         cols[f"fooled{i}"] = o.fooled(metric.point)
     for i, j in _pairs(len(models)):
@@ -223,7 +224,7 @@ def _ratio(num, den):
 
 def _binary_stats(metric: Metric, models: Sequence[Outcomes]):
     """(values, value draws, pair estimates, pair draws, pair p-values, pair sizes) of a binary metric."""
-    n = len(models[0].correct)
+    n = len(models[0].robust[metric.point])
     full, boot = _resampled_sums(_binary_columns(metric, models), n)
     values, draws = [], []
     for i, _ in enumerate(models):
