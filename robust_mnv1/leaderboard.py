@@ -30,7 +30,7 @@ from matplotlib.ticker import FuncFormatter
 
 from robust_mnv1.atomic import atomic_write_text
 from robust_mnv1.errors import UserError
-from robust_mnv1.records import REGIMES, check_combinable, decode_mask, load_profiles, load_records
+from robust_mnv1.records import REGIMES, check_combinable, decode_mask, load_profiles, read_records
 from robust_mnv1.report.figures import plot_gains, plot_series, save_png
 from robust_mnv1.report.outcomes import collect
 from robust_mnv1.report.verdict_text import section as verdict_section
@@ -693,16 +693,24 @@ def _plot_macs(table: pd.DataFrame, path: Path) -> None:
 # -- entry points -------------------------------------------------------------------------------
 
 
-def generate(results_dir: str | Path) -> dict[str, Path]:
+def generate(results_dir: str | Path, skip_invalid: bool = False) -> dict[str, Path]:
     """Regenerate the markdown, CSV and figures from ``results_dir/runs/*.json`` (and the latency
     notes from ``results_dir/profiles/*.json``).
 
     Returns the written paths keyed ``markdown``, ``csv`` and one key per figure name. Raises
-    :class:`UserError` when there is no valid record.
+    :class:`UserError`, before writing anything, when there is no valid record or when a record
+    file is invalid: a board silently rebuilt without one of its records can rank a model on the
+    wrong numbers. ``skip_invalid`` leaves such files out instead, and the board names them.
     """
     results_dir = Path(results_dir)
     runs = results_dir / "runs"
-    records = load_records(runs)
+    records, invalid = read_records(runs)
+    if invalid and not skip_invalid:
+        names = "; ".join(f"{p.name} ({reason})" for p, reason in invalid)
+        raise UserError(
+            f"{len(invalid)} invalid record file(s) in {runs}: {names}; fix or remove them, "
+            "or pass --skip-invalid to leave them out"
+        )
     if not records:
         raise UserError(f"no valid run records in {runs}; run the study first (it writes runs/<run_id>.json)")
     table = build_table(records)
@@ -710,6 +718,9 @@ def generate(results_dir: str | Path) -> dict[str, Path]:
     paths = {"markdown": results_dir / "leaderboard.md", "csv": results_dir / "leaderboard.csv"}
     profiles = load_profiles(results_dir / "profiles")
     markdown = render_markdown(records, table, profiles, boards)
+    if invalid:
+        skipped = "".join(f"\n- `{p.name}`: {reason}" for p, reason in invalid)
+        markdown += f"\n## Skipped record files\n\nLeft out with --skip-invalid:\n{skipped}\n"
     csv = table.drop(columns="cw_l2_per_seed").to_csv(index=False, float_format="%.6g", lineterminator="\n")
     figures = results_dir / "figures"
     figures.mkdir(parents=True, exist_ok=True)
@@ -734,11 +745,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--results", default="results", type=Path, help="results directory (default: results)"
     )
+    parser.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        help="leave out record files that fail validation (the board lists them) instead of stopping",
+    )
     args = parser.parse_args(argv)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            paths = generate(args.results)
+            paths = generate(args.results, skip_invalid=args.skip_invalid)
         except UserError as exc:
             paths = None
             error = str(exc)

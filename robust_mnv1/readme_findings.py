@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from robust_mnv1.leaderboard import analyse_all, build_table, table_lines
-from robust_mnv1.records import load_records
+from robust_mnv1.records import read_records
 from robust_mnv1.report.verdict_text import verdict_lines
 
 START, END = "<!-- findings:start -->", "<!-- findings:end -->"
@@ -22,7 +22,12 @@ TOP_ROWS = 5
 
 
 def section(results_dir: Path, readme_dir: Path) -> str:
-    records = load_records(results_dir / "runs")
+    records, invalid = read_records(results_dir / "runs")
+    if invalid:
+        raise SystemExit(
+            f"error: {len(invalid)} invalid record file(s) in {results_dir / 'runs'}, first "
+            f"{invalid[0][0].name}: {invalid[0][1]}"
+        )
     if not records:
         raise SystemExit(f"error: no run records in {results_dir / 'runs'}")
     table = build_table(records)

@@ -407,8 +407,53 @@ def validate_record(d: Mapping[str, Any]) -> None:
 # -- storage ------------------------------------------------------------------------------------
 
 
+# Standard JSON has no infinities or NaN (an unbroken image's C&W distance is infinite): they are
+# written as these strings and read back as floats. Records written before this, with bare
+# Infinity/NaN tokens, still load; rewrite_strict converts them.
+_SPECIAL = {"Infinity": math.inf, "-Infinity": -math.inf, "NaN": math.nan}
+
+
+def _to_strict(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, Mapping):
+        return {k: _to_strict(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_to_strict(v) for v in value]
+    return value
+
+
+def _from_strict(value: Any) -> Any:
+    if isinstance(value, str) and value in _SPECIAL:
+        return _SPECIAL[value]
+    if isinstance(value, dict):
+        return {k: _from_strict(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_strict(v) for v in value]
+    return value
+
+
 def _dumps(record: Mapping[str, Any]) -> str:
-    return json.dumps(record, indent=2, sort_keys=True) + "\n"
+    return json.dumps(_to_strict(record), indent=2, sort_keys=True, allow_nan=False) + "\n"
+
+
+def parse_record(text: str) -> Any:
+    """A record's JSON text as Python, its encoded infinities and NaNs back as floats."""
+    return _from_strict(json.loads(text))
+
+
+def rewrite_strict(runs_dir: str | Path) -> list[Path]:
+    """Rewrite the records of ``runs_dir`` that use bare Infinity/NaN tokens as standard JSON (same
+    values, nothing recomputed); returns the rewritten paths."""
+    done = []
+    for path, record, error in _json_files(runs_dir):
+        if error is not None:
+            continue
+        text = path.read_text(encoding="utf-8")
+        if text != _dumps(record):
+            atomic_write_text(path, _dumps(record))
+            done.append(path)
+    return done
 
 
 def write_record(record: Mapping[str, Any], runs_dir: str | Path) -> Path:
@@ -426,11 +471,12 @@ def _skip(path: Path, reason: str) -> None:
     warnings.warn(f"skipping record {path}: {reason}", RecordWarning, stacklevel=3)
 
 
-def _json_files(directory: str | Path) -> Iterator[tuple[Path, Any]]:
-    """``(path, parsed JSON)`` of each ``*.json`` file in ``directory``, sorted by name.
+def _json_files(directory: str | Path) -> Iterator[tuple[Path, Any, str | None]]:
+    """``(path, parsed JSON, None)`` of each ``*.json`` file in ``directory``, sorted by name, or
+    ``(path, None, reason)`` for a file that cannot be read or parsed.
 
     A missing directory yields nothing; hidden files (temp files of in-flight writes) are never
-    looked at; a file that cannot be read or parsed is skipped with a :class:`RecordWarning`.
+    looked at.
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -439,32 +485,40 @@ def _json_files(directory: str | Path) -> Iterator[tuple[Path, Any]]:
         if path.name.startswith(".") or not path.is_file():
             continue
         try:
-            parsed = json.loads(path.read_text(encoding="utf-8"))
+            yield path, parse_record(path.read_text(encoding="utf-8")), None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            _skip(path, f"unreadable JSON ({exc})")
+            yield path, None, f"unreadable JSON ({exc})"
+
+
+def read_records(runs_dir: str | Path) -> tuple[list[dict[str, Any]], list[tuple[Path, str]]]:
+    """``(records, invalid)``: every valid ``*.json`` record in ``runs_dir`` sorted by file name, and
+    ``(path, reason)`` for each file that cannot be read, is not JSON, fails validation or is not
+    named ``<run_id>.json``. A missing directory gives two empty lists; temp files of in-flight
+    writes (``.*.tmp``) are never looked at."""
+    records, invalid = [], []
+    for path, record, error in _json_files(runs_dir):
+        if error is not None:
+            invalid.append((path, error))
             continue
-        yield path, parsed
-
-
-def load_records(runs_dir: str | Path) -> list[dict[str, Any]]:
-    """Read every valid ``*.json`` record in ``runs_dir``, sorted by file name.
-
-    A missing directory gives an empty list. Files that cannot be read, are not JSON, fail
-    validation or are not named ``<run_id>.json`` are skipped with a :class:`RecordWarning`
-    naming the file; temp files of in-flight writes (``.*.tmp``) are never looked at.
-    """
-    records = []
-    for path, record in _json_files(runs_dir):
         try:
             validate_record(record)
         except RecordError as exc:
-            _skip(path, str(exc))
+            invalid.append((path, str(exc)))
             continue
         if path.stem != record["run_id"]:
             # A renamed copy would otherwise count the same run twice.
-            _skip(path, f"file name does not match run_id {record['run_id']!r}")
+            invalid.append((path, f"file name does not match run_id {record['run_id']!r}"))
             continue
         records.append(record)
+    return records, sorted(invalid)
+
+
+def load_records(runs_dir: str | Path) -> list[dict[str, Any]]:
+    """The valid records of :func:`read_records`; each invalid file is skipped with a
+    :class:`RecordWarning` naming it."""
+    records, invalid = read_records(runs_dir)
+    for path, reason in invalid:
+        _skip(path, reason)
     return records
 
 
@@ -518,7 +572,10 @@ def load_profiles(profiles_dir: str | Path) -> list[dict[str, Any]]:
     with a :class:`RecordWarning`, as :func:`load_records` does.
     """
     profiles = []
-    for path, record in _json_files(profiles_dir):
+    for path, record, error in _json_files(profiles_dir):
+        if error is not None:
+            _skip(path, error)
+            continue
         if not (
             isinstance(record, dict)
             and record.get("kind") == "layer-profile"

@@ -249,15 +249,26 @@ def test_generate_copes_with_missing_regimes_and_attacks(tmp_path):
     assert paths["finetune_gain"].read_bytes().startswith(PNG_MAGIC)
 
 
-def test_corrupt_record_is_skipped_and_the_rest_render(tmp_path, study):
+def test_an_invalid_record_stops_the_board_and_leaves_the_old_one(tmp_path, study, capsys):
+    runs = write_study(study, tmp_path)
+    lb.generate(tmp_path)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and p.parent != runs}
+    victim = runs / f"{study[0]['run_id']}.json"
+    victim.write_text(victim.read_text()[:100])
+    assert lb.main(["--results", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and victim.name in err[0] and "--skip-invalid" in err[0]
+    assert before == {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and p.parent != runs}
+
+
+def test_skip_invalid_leaves_the_record_out_and_says_so(tmp_path, study):
     runs = write_study(study, tmp_path)
     victim = runs / f"{study[0]['run_id']}.json"
     victim.write_text(victim.read_text()[:100])
-    with pytest.warns(UserWarning, match=victim.name):
-        paths = lb.generate(tmp_path)
-    md = paths["markdown"].read_text()
+    md = lb.generate(tmp_path, skip_invalid=True)["markdown"].read_text()
     assert f"from the {len(study) - 1} run records" in md
     assert md.split("### Is a lighter")[0].count("| MobileNetV1-") == 8
+    assert "## Skipped record files" in md and victim.name in md
 
 
 def test_cli_writes_outputs(tmp_path, study, capsys):

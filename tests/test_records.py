@@ -32,6 +32,7 @@ from robust_mnv1.records import (
     encode_mask,
     load_records,
     make_run_id,
+    rewrite_strict,
     validate_record,
     write_record,
 )
@@ -425,3 +426,32 @@ def test_a_row_mixing_evaluation_orders_is_refused(study):
     victim["config"]["eval"]["order"] = "dataset"
     with pytest.raises(UserError, match=re.escape("eval.order dataset vs stratified")):
         check_combinable(records)
+
+
+def _strict_json(text: str):
+    def refuse(token):
+        raise ValueError(f"non-standard JSON token {token}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_records_with_infinite_distances_are_standard_json(tmp_path, cw):
+    record = copy.deepcopy(cw)
+    record["cw"]["l2_per_image"][-1] = float("inf")  # the largest distance: the median stays
+    path = write_record(record, tmp_path / "runs")
+    assert _strict_json(path.read_text())["cw"]["l2_per_image"][-1] == "Infinity"
+    (loaded,) = load_records(tmp_path / "runs")
+    assert loaded["cw"]["l2_per_image"][-1] == float("inf") and loaded == record
+
+
+def test_records_with_bare_infinity_tokens_load_and_are_migrated(tmp_path, cw):
+    record = copy.deepcopy(cw)
+    record["cw"]["l2_per_image"][-1] = float("inf")
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    legacy = runs / f"{record['run_id']}.json"
+    legacy.write_text(json.dumps(record, indent=2, sort_keys=True))  # bare Infinity, as records once were
+    assert load_records(runs) == [record]
+    assert rewrite_strict(runs) == [legacy]
+    assert _strict_json(legacy.read_text())["cw"]["l2_per_image"][-1] == "Infinity"
+    assert load_records(runs) == [record] and rewrite_strict(runs) == []
