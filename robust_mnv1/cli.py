@@ -34,8 +34,9 @@ def experiment_names() -> list[str]:
     return sorted(p.name[:-5] for p in files("experiments").iterdir() if p.name.endswith(".yaml"))
 
 
+@functools.cache
 def register_experiments() -> None:
-    """Put ``experiments/*.yaml`` into Hydra's ``experiment`` group.
+    """Put ``experiments/*.yaml`` into Hydra's ``experiment`` group (once a process: the store keeps them).
 
     The experiments live in their own top-level package (the design card's layout) rather than
     under ``robust_mnv1/conf``; registering them through the ConfigStore makes ``experiment=NAME``

@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from robust_mnv1.checkpoint import cache_key, weights_digest
+from robust_mnv1.config_check import check_data_sizes
 from robust_mnv1.data import Dataset
 from robust_mnv1.errors import UserError
 from robust_mnv1.models import build_model
@@ -78,6 +79,9 @@ def file_sha256(path: Path) -> str:
 
 
 def make_model(cfg: DictConfig, dataset: Dataset) -> torch.nn.Module:
+    """The model ``cfg`` names for ``dataset``, once ``cfg`` is checked against the dataset's real size
+    (an image folder's is known only once it is read; every task builds its models here first)."""
+    check_data_sizes(cfg, len(dataset.train.y), len(dataset.test.y), dataset.label)
     num_classes = cfg.model.num_classes if cfg.model.num_classes is not None else dataset.num_classes
     if num_classes != dataset.num_classes:
         raise UserError(

@@ -3,8 +3,12 @@
 import pytest
 
 from robust_mnv1.cli import compose_config, experiment_names
+from robust_mnv1.config_check import validate
 
 from .conftest import run_cli as run
+
+# A run that passes the check probes its cache_dir: never the user's own cache.
+pytestmark = pytest.mark.usefixtures("cache_dir")
 
 
 def assert_one_line_error(proc, *needles):
@@ -16,12 +20,15 @@ def assert_one_line_error(proc, *needles):
         assert needle in lines[0], lines[0]
 
 
-def test_every_experiment_composes():
+def test_every_experiment_composes_and_passes_the_check(tmp_path):
     names = experiment_names()
     assert {"quickstart", "smoke", "study", "pgd_alpha050", "train_rho0625"} <= set(names)
     for name in names:
-        cfg = compose_config([f"experiment={name}"])
+        cfg = compose_config([f"experiment={name}", f"cache_dir={tmp_path}", f"results_dir={tmp_path}"])
         assert cfg.task in ("train", "study")
+        if cfg.data.name == "imagefolder":
+            cfg.data.root = str(tmp_path)  # the shared archive need not be on this machine
+        validate(cfg)
 
 
 def test_experiment_overrides_defaults():
@@ -33,7 +40,7 @@ def test_experiment_overrides_defaults():
     assert sorted(study.attack) == ["cw", "fgsm", "pgd"]
     # The study's answer is on the shared JPEG copy, with the batch sizes its records were hashed with.
     assert study.data.name == "imagefolder" and "cifar10-jpeg" in study.data.root
-    assert [study.attack[a].batch_size for a in ("fgsm", "pgd", "cw")] == [2500, 2500, 1000]
+    assert [study.attack[a].batch_size for a in ("fgsm", "pgd", "cw")] == [500, 500, 1000]
 
 
 def test_unknown_experiment_lists_choices(tmp_path):
