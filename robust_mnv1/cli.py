@@ -8,8 +8,10 @@ output directory or the run touches anything.
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
+import re
 import sys
 import uuid
 from collections.abc import Callable
@@ -28,6 +30,18 @@ from robust_mnv1.errors import UserError
 # Hydra flags that do not change the composed config; any other flag (--cfg, --info, -cn, ...)
 # changes what Hydra does, so the preflight leaves those invocations to Hydra alone.
 _PLAIN_FLAGS = {"-m", "--multirun"}
+# Faults of the machine, not of the code, that a run can meet while it writes.
+_FILESYSTEM_FAULTS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EFBIG,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.EEXIST,
+}
 
 
 def experiment_names() -> list[str]:
@@ -141,8 +155,23 @@ def _describe(e: Exception, overrides: list[str], config_name: str) -> str:
     return reason
 
 
+def filesystem_fault(e: BaseException) -> str | None:
+    """One line for a full disk or an unwritable path met mid-run; None for any other error (a bug)."""
+    if isinstance(e, OSError):
+        code, where = e.errno, e.filename
+    else:
+        # safetensors' writer reports an OS error as a SafetensorError ending in "(os error 28)".
+        found = re.search(r"\(os error (\d+)\)", str(e))
+        code, where = (int(found[1]) if found else None), None
+    if code not in _FILESYSTEM_FAULTS:
+        return None
+    at = f": {where}" if where else f" ({type(e).__name__})"
+    return f"{os.strerror(code)}{at}; fix that (space, permissions or path) and rerun: finished work is kept"
+
+
 def user_errors_exit(fn: Callable) -> Callable:
-    """Run ``fn``; a :class:`UserError` becomes one line on stderr and exit code 2."""
+    """Run ``fn``; a :class:`UserError` becomes one line on stderr and exit code 2, a filesystem fault
+    (:func:`filesystem_fault`) one line and exit code 1."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -152,5 +181,10 @@ def user_errors_exit(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except UserError as e:
             fail(str(e))
+        except Exception as e:
+            message = filesystem_fault(e)
+            if message is None:
+                raise
+            fail(message, code=1)
 
     return wrapper
