@@ -65,6 +65,37 @@ def load_checkpoint(
     return tensors, meta
 
 
+def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Load ``state`` read from ``path`` into ``model``; weights of another model are a corrupt checkpoint.
+
+    ``load_state_dict`` would raise a multi-line RuntimeError (or, for a broadcastable shape, copy
+    silently), so names and shapes are compared first.
+    """
+    expected = model.state_dict()
+    missing, extra = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
+    reshaped = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing:
+        problem = f"{len(missing)} tensors missing, e.g. {missing[0]}"
+    elif extra:
+        problem = f"{len(extra)} unexpected tensors, e.g. {extra[0]}"
+    elif reshaped:
+        k = reshaped[0]
+        problem = f"{k} has shape {list(state[k].shape)}, not {list(expected[k].shape)}"
+    else:
+        model.load_state_dict(state)
+        return
+    raise UserError(f"corrupt checkpoint {path}: not this model's weights ({problem}); delete it to retrain")
+
+
+def require_meta(meta: dict, keys: tuple[str, ...], path: str | Path) -> None:
+    """The corrupt-sidecar error when the sidecar of ``path`` lacks any of ``keys``."""
+    absent = [k for k in keys if k not in meta]
+    if absent:
+        raise UserError(
+            f"corrupt checkpoint sidecar {sidecar(path)}: it lacks {', '.join(absent)}; delete it to retrain"
+        )
+
+
 def sidecar(path: str | Path) -> Path:
     path = Path(path)
     return path.with_name(path.name + ".json")

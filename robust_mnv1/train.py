@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from robust_mnv1.checkpoint import load_checkpoint, save_checkpoint, sidecar
+from robust_mnv1.checkpoint import load_checkpoint, load_state, require_meta, save_checkpoint, sidecar
 from robust_mnv1.data import DeviceLoader, Split
 from robust_mnv1.envinfo import device_name
 from robust_mnv1.errors import UserError
@@ -36,6 +36,9 @@ from robust_mnv1.step import CapturedStep, EagerStep, autocast_for, precision_fo
 # An objective that needs random numbers draws them only in ``draw(x)``, whose result it takes as
 # a fourth argument (see robust_mnv1.step), and has ``set_epoch(epoch)``, called at each epoch start.
 Objective = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+# What the rest of the suite reads from a finished run's sidecar, and what a resume needs.
+_FINAL_META = ("test_acc", "train_seconds", "history")
+_LAST_META = ("epoch", "history", "elapsed")
 
 
 def cross_entropy_objective(label_smoothing: float = 0.0) -> Objective:
@@ -151,7 +154,9 @@ def _fit(
     model.to(device, memory_format=torch.channels_last)
     if sidecar(final).exists():
         state, done = load_checkpoint(final, device)
-        model.load_state_dict(state)
+        load_state(model, state, final)
+        require_meta(done, _FINAL_META, final)
+        _drop_partial(run_dir)
         return {**done, "trained": False}
 
     decay, no_decay = [], []
@@ -246,9 +251,16 @@ def _fit(
         "history": history,
     }
     save_checkpoint(final, model.state_dict(), done)
-    for stale in (last, sidecar(last)):
-        stale.unlink(missing_ok=True)
+    _drop_partial(run_dir)
     return {**done, "trained": True}
+
+
+def _drop_partial(run_dir: Path) -> None:
+    """Delete what a killed run can leave beside ``final``: the last epoch's checkpoint, half-written
+    temp files. Safe under :func:`_exclusive`'s lock, which every writer of ``run_dir`` holds."""
+    last = run_dir / "last.safetensors"
+    for stale in (last, sidecar(last), *run_dir.glob(".*.tmp")):
+        stale.unlink(missing_ok=True)
 
 
 def _save_last(path: Path, model, opt, epoch: int, history: list, elapsed: float) -> None:
@@ -259,11 +271,15 @@ def _save_last(path: Path, model, opt, epoch: int, history: list, elapsed: float
 
 def _resume(path: Path, model, opt, device) -> tuple[int, list, float]:
     tensors, meta = load_checkpoint(path, device)
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    if any(f"opt.{i}" not in tensors for i in range(len(opt.buffers))):
-        raise UserError(f"checkpoint {path} lacks optimizer state; delete it to restart that training run")
+    load_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, path)
+    require_meta(meta, _LAST_META, path)
+    saved = [tensors.get(f"opt.{i}") for i in range(len(opt.buffers))]
+    if any(t is None or t.shape != buf.shape for t, buf in zip(saved, opt.buffers, strict=True)):
+        raise UserError(
+            f"checkpoint {path} lacks this model's optimizer state; delete it to restart that training run"
+        )
     with torch.no_grad():
-        for i, buf in enumerate(opt.buffers):
-            buf.copy_(tensors[f"opt.{i}"])
+        for t, buf in zip(saved, opt.buffers, strict=True):
+            buf.copy_(t)
     tqdm.write(f"resuming {path.parent.name} from epoch {meta['epoch']}")
     return meta["epoch"], meta["history"], meta["elapsed"]

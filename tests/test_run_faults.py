@@ -1,4 +1,5 @@
-"""Faults met while a run works: a full disk. It is one line and leaves nothing half-written behind."""
+"""Faults met while a run works: a full disk, checkpoints of another model, leftovers of a killed run.
+Each is one line (or a one-line UserError) and leaves nothing half-written behind."""
 
 import errno
 import functools
@@ -9,9 +10,10 @@ from safetensors import SafetensorError
 
 import robust_mnv1.checkpoint as checkpoint
 import robust_mnv1.train as train_module
-from robust_mnv1.checkpoint import save_checkpoint
+from robust_mnv1.checkpoint import save_checkpoint, sidecar
 from robust_mnv1.cli import compose_config, user_errors_exit
 from robust_mnv1.data import Split
+from robust_mnv1.errors import UserError
 from robust_mnv1.models import build_model
 from robust_mnv1.train import cross_entropy_objective, fit
 
@@ -104,3 +106,51 @@ def test_full_disk_from_the_command_line(tmp_path):
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and "No space left on device" in lines[0], proc.stderr
         assert files(full) == []
+
+
+@pytest.mark.parametrize(
+    "state, needle",
+    [
+        ({"w": torch.zeros(3)}, "tensors missing"),
+        ("extra", "unexpected tensors, e.g. extra.w"),
+        ("wider", "has shape"),
+    ],
+)
+def test_final_checkpoint_of_another_model_is_the_corrupt_checkpoint_error(state, needle, tmp_path):
+    model = build_model(alpha=0.25)
+    if state == "extra":
+        state = {**model.state_dict(), "extra.w": torch.zeros(1)}
+    elif state == "wider":
+        state = build_model(alpha=0.5).state_dict()
+    final = save_checkpoint(tmp_path / "run" / "final.safetensors", state, {"test_acc": 0.5})
+    with pytest.raises(UserError, match=f"corrupt checkpoint {final}: not this model's weights") as e:
+        train(tmp_path / "run")
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_last_checkpoint_of_another_model_is_the_corrupt_checkpoint_error(tmp_path):
+    wider = {f"model.{k}": v for k, v in build_model(alpha=0.5).state_dict().items()}
+    save_checkpoint(tmp_path / "run" / "last.safetensors", wider, {"epoch": 1, "history": [], "elapsed": 0})
+    with pytest.raises(UserError, match=r"corrupt checkpoint .*last\.safetensors: not this model's weights"):
+        train(tmp_path / "run", epochs=2)
+
+
+def test_sidecar_without_the_fields_a_run_reads_is_corrupt(tmp_path):
+    model = build_model(alpha=0.25)
+    save_checkpoint(tmp_path / "run" / "final.safetensors", model.state_dict(), {"unrelated": 1})
+    with pytest.raises(
+        UserError, match=r"corrupt checkpoint sidecar .*lacks test_acc, train_seconds, history"
+    ):
+        train(tmp_path / "run")
+
+
+def test_stale_partial_checkpoints_are_removed_once_a_final_one_exists(tmp_path):
+    """A kill between writing final and deleting last leaves both; the next run cleans up."""
+    run = tmp_path / "run"
+    _, meta = train(run)
+    stale = [run / "last.safetensors", sidecar(run / "last.safetensors"), run / ".final.safetensors.x.1.tmp"]
+    for path in stale:
+        path.write_bytes(b"left by a killed run")
+    _, meta2 = train(run)
+    assert not meta2["trained"] and meta2["test_acc"] == meta["test_acc"]
+    assert files(run) == [".lock", "final.safetensors", "final.safetensors.json"]
