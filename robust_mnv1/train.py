@@ -13,6 +13,7 @@ and the LR is a pure function of the step.
 from __future__ import annotations
 
 import fcntl
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -24,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from robust_mnv1.checkpoint import load_checkpoint, load_state, require_meta, save_checkpoint, sidecar
 from robust_mnv1.data import DeviceLoader, Split
@@ -36,6 +38,7 @@ from robust_mnv1.step import CapturedStep, EagerStep, autocast_for, precision_fo
 # An objective that needs random numbers draws them only in ``draw(x)``, whose result it takes as
 # a fourth argument (see robust_mnv1.step), and has ``set_epoch(epoch)``, called at each epoch start.
 Objective = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+log = logging.getLogger(__name__)
 # What the rest of the suite reads from a finished run's sidecar, and what a resume needs.
 _FINAL_META = ("test_acc", "train_seconds", "history")
 _LAST_META = ("epoch", "history", "elapsed")
@@ -100,7 +103,8 @@ def fit(
     use it to kill a run part-way. ``cuda_graph`` replays each step from a CUDA graph
     (:class:`robust_mnv1.step.CapturedStep`); it needs a CUDA ``device``.
     """
-    with _exclusive(Path(run_dir)), cudnn_autotuning(device.type == "cuda"):
+    # Epoch lines go to the log (so to Hydra's run.log too); on the console they print above the bars.
+    with _exclusive(Path(run_dir)), cudnn_autotuning(device.type == "cuda"), logging_redirect_tqdm():
         return _fit(
             model,
             train,
@@ -215,6 +219,12 @@ def _fit(
                 )
         # .item() waits for the device, so the epoch's time is taken after the last kernel ran.
         loss_mean, train_acc = loss_sum.item() / max(1, seen), correct.item() / max(1, seen)
+        if not math.isfinite(loss_mean):
+            # Caught before this epoch is saved: a diverged model never reaches the cache.
+            raise UserError(
+                f"{desc}: training diverged (loss {loss_mean} in epoch {epoch + 1}); "
+                f"lower the learning rate (lr={tcfg.lr}) and rerun"
+            )
         seconds = time.perf_counter() - t0
         elapsed += seconds
         row = {
@@ -228,10 +238,16 @@ def _fit(
         if (epoch + 1) % tcfg.eval_every == 0 or epoch + 1 == tcfg.epochs:
             row["test_acc"] = evaluate_accuracy(model, test, device, tcfg.eval_batch_size)
         history.append(row)
-        tqdm.write(
-            f"{desc} epoch {epoch + 1}/{tcfg.epochs}: loss {row['loss']:.4f} train_acc {row['train_acc']:.4f}"
-            + (f" test_acc {row['test_acc']:.4f}" if "test_acc" in row else "")
-            + f" {row['img_per_s']:.0f} img/s {seconds:.1f}s"
+        log.info(
+            "%s epoch %d/%d: loss %.4f train_acc %.4f%s %.0f img/s %.1fs",
+            desc,
+            epoch + 1,
+            tcfg.epochs,
+            loss_mean,
+            train_acc,
+            f" test_acc {row['test_acc']:.4f}" if "test_acc" in row else "",
+            row["img_per_s"],
+            seconds,
         )
         if epoch + 1 < tcfg.epochs:
             _save_last(last, model, opt, epoch + 1, history, elapsed)
@@ -281,5 +297,5 @@ def _resume(path: Path, model, opt, device) -> tuple[int, list, float]:
     with torch.no_grad():
         for t, buf in zip(saved, opt.buffers, strict=True):
             buf.copy_(t)
-    tqdm.write(f"resuming {path.parent.name} from epoch {meta['epoch']}")
+    log.info("resuming %s from epoch %d", path.parent.name, meta["epoch"])
     return meta["epoch"], meta["history"], meta["elapsed"]

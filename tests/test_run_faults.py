@@ -1,8 +1,9 @@
-"""Faults met while a run works: a full disk, checkpoints of another model, leftovers of a killed run.
-Each is one line (or a one-line UserError) and leaves nothing half-written behind."""
+"""Faults met while a run works: a full disk, checkpoints of another model, leftovers of a killed run,
+a diverging loss. Each is one line (or a one-line UserError) and leaves nothing half-written behind."""
 
 import errno
 import functools
+import logging
 
 import pytest
 import torch
@@ -154,3 +155,21 @@ def test_stale_partial_checkpoints_are_removed_once_a_final_one_exists(tmp_path)
     _, meta2 = train(run)
     assert not meta2["trained"] and meta2["test_acc"] == meta["test_acc"]
     assert files(run) == [".lock", "final.safetensors", "final.safetensors.json"]
+
+
+def test_epoch_lines_go_through_logging(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="robust_mnv1.train"):
+        train(tmp_path / "run", epochs=2)
+    lines = [r.getMessage() for r in caplog.records if r.name == "robust_mnv1.train"]
+    assert [line.split(":")[0] for line in lines] == ["tiny epoch 1/2", "tiny epoch 2/2"]
+    assert "test_acc" in lines[-1]
+
+
+def test_a_diverged_loss_stops_training_before_anything_is_saved(tmp_path):
+    def nan_loss(model, x, y):
+        logits = model(x)
+        return torch.nn.functional.cross_entropy(logits, y) * float("nan"), logits
+
+    with pytest.raises(UserError, match=r"tiny: training diverged \(loss nan in epoch 1\)"):
+        train(tmp_path / "run", epochs=2, objective=nan_loss)
+    assert files(tmp_path) == ["run/.lock"]
