@@ -91,6 +91,36 @@ def test_second_run_reuses_cached_models_and_records(smoke, tmp_path):
     assert "every record is done" in proc.stdout + proc.stderr
 
 
+def test_parallel_workers_reuse_the_cache_and_give_the_sequential_records(smoke, tmp_path):
+    root, _ = smoke
+    out = run(
+        [*FAST, "study.jobs=2", f"results_dir={tmp_path}/results", f"hydra.run.dir={tmp_path}/out"],
+        root / "cache",
+    )
+    assert "epoch 1/" not in out.stdout + out.stderr, "a cached model was retrained"
+    a = {r["run_id"]: r for r in load_records(root / "results" / "runs")}
+    b = load_records(tmp_path / "results" / "runs")
+    assert sorted(r["run_id"] for r in b) == sorted(a)
+    for r in b:
+        assert (r["clean"], r["eps_results"]) == (a[r["run_id"]]["clean"], a[r["run_id"]]["eps_results"])
+
+
+def test_train_only_fills_the_cache_and_writes_no_records(tmp_path):
+    run(
+        [
+            *FAST,
+            "study.evaluate=false",
+            "study.jobs=2",
+            f"results_dir={tmp_path}/results",
+            f"hydra.run.dir={tmp_path}/out",
+        ],
+        tmp_path / "cache",
+    )
+    assert not (tmp_path / "results" / "runs").exists()
+    # 2 widths, each standard-trained and fine-tuned
+    assert len(list((tmp_path / "cache" / "models").glob("*/final.safetensors"))) == 4
+
+
 def test_records_name_their_weights_and_a_record_of_other_weights_is_redone(smoke, tmp_path):
     import shutil
 
