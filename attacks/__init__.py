@@ -7,13 +7,15 @@ Three lines of research code::
     print(res.robust_accuracy)
 
 ``backend="foolbox"`` or ``backend="art"`` runs the same attack through that library and returns the
-same :class:`AttackResult`. :mod:`attacks.checks` flags signs of gradient masking.
+same :class:`AttackResult`. :class:`APGD` and :class:`APGDT` are Auto-PGD (Croce & Hein, 2020), native
+only. :mod:`attacks.checks` flags signs of gradient masking.
 """
 
 from attacks import checks
+from attacks.apgd import APGD, APGDT
 from attacks.cw import CarliniWagnerL2
 from attacks.fgsm import FGSM
 from attacks.pgd import PGD
 from attacks.result import AttackResult, worst_case
 
-__all__ = ["FGSM", "PGD", "AttackResult", "CarliniWagnerL2", "checks", "worst_case"]
+__all__ = ["APGD", "APGDT", "FGSM", "PGD", "AttackResult", "CarliniWagnerL2", "checks", "worst_case"]

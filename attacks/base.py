@@ -107,6 +107,7 @@ class Attack(ABC):
         with model_hygiene(model):
             clean_logits = predict_logits(model, x, self.batch_size)
             check_logits(clean_logits, y)
+            self._check_num_classes(clean_logits.shape[1])
             clean_correct = clean_logits.argmax(dim=1) == y
             counter = QueryCounter(model)
             start = time.perf_counter()
@@ -173,6 +174,12 @@ class Attack(ABC):
                 yield None
             finally:
                 np.random.set_state(numpy_state)  # noqa: NPY002
+
+    def _check_num_classes(self, num_classes: int) -> None:  # noqa: B027 (optional hook)
+        """Raise ``ValueError`` if the attack's settings need more classes than the model has.
+
+        Every attack works with two classes or more, which :func:`check_logits` checks already.
+        """
 
     def _perturb(
         self,

@@ -1,6 +1,6 @@
-"""Per-sample losses that untargeted attacks maximise.
+"""Per-sample losses that attacks maximise.
 
-Both return one value per sample (shape ``[N]``), computed in float32 whatever the logits' dtype, so
+Each returns one value per sample (shape ``[N]``), computed in float32 whatever the logits' dtype, so
 that summing them for one backward pass gives every sample its own gradient.
 """
 
@@ -40,6 +40,32 @@ def margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 LOSSES: dict[str, LossFn] = {"ce": ce_loss, "margin": margin_loss}
+
+# Keeps the DLR ratios finite when the logits they divide by tie (a constant model, say).
+_DLR_FLOOR = 1e-12
+
+
+def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Difference of logits ratio (Croce & Hein, 2020): ``(max_{j≠y} z_j − z_y) / (z_π1 − z_π3)``.
+
+    ``π`` sorts the logits in decreasing order. Dividing the margin by a spread of the logits makes the
+    loss invariant to shifting and rescaling them, so a model cannot hide behind a saturated softmax or
+    a large logit scale. Needs at least 3 classes.
+    """
+    z = logits.float()
+    top = z.topk(3, dim=1).values
+    return margin_loss(z, y) / (top[:, 0] - top[:, 2] + _DLR_FLOOR)
+
+
+def targeted_dlr_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Targeted DLR (Croce & Hein, 2020): ``(z_t − z_y) / (z_π1 − (z_π3 + z_π4) / 2)``, target ``t``.
+
+    Positive once the target's logit beats the true one. Needs at least 4 classes.
+    """
+    z = logits.float()
+    top = z.topk(4, dim=1).values
+    gap = (z.gather(1, target[:, None]) - z.gather(1, y[:, None])).squeeze(1)
+    return gap / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + _DLR_FLOOR)
 
 
 def value_and_grad(

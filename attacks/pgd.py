@@ -3,9 +3,7 @@
 Per-sample bookkeeping is done with masks and ``torch.where``. The only host-device synchronisations
 are one per restart (which samples are still unbroken) and one every ``CHECK_EVERY`` steps, where the
 samples already broken are dropped from the working batch, once they are at least ``COMPACT_FRACTION``
-of it, so that later steps stop paying for them.
-Checking every step would save a little more work but stall the GPU's launch queue each step;
-checking rarely keeps computing samples that are already done.
+of it, so that later steps stop paying for them (``attacks.working_set``).
 """
 
 from __future__ import annotations
@@ -17,13 +15,7 @@ from attacks.base import Attack
 from attacks.losses import LOSSES, LossFn, value_and_grad
 from attacks.projection import NORMS, ascent_step, project, project_to_box, random_in_ball
 from attacks.validation import check_bool, check_choice, check_float, check_int
-from attacks.working_set import WorkingSet
-
-# Steps between the synchronising checks for broken samples (see the module docstring).
-CHECK_EVERY = 2
-# Shrink the working batch only once this fraction of it is done: each new batch shape can cost a
-# cuDNN autotuning pass, so tiny compactions would cost more than they save.
-COMPACT_FRACTION = 0.25
+from attacks.working_set import CHECK_EVERY, COMPACT_FRACTION, WorkingSet
 
 
 class PGD(Attack):

@@ -11,6 +11,14 @@ from __future__ import annotations
 
 import torch
 
+# Steps between the synchronising checks for broken samples in the fixed-budget attacks (PGD, APGD).
+# Checking every step would save a little more work but stall the GPU's launch queue each step;
+# checking rarely keeps computing samples that are already done.
+CHECK_EVERY = 2
+# Shrink the working batch only once this fraction of it is done: each new batch shape can cost a
+# cuDNN autotuning pass, so tiny compactions would cost more than they save.
+COMPACT_FRACTION = 0.25
+
 
 class WorkingSet:
     """The per-sample tensors of the samples an attack is still working on, and their rows in the chunk.
