@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from attacks.result import AttackResult
-from attacks.validation import check_choice, check_int, check_logits, validate_inputs
+from attacks.validation import check_choice, check_int, check_logits, check_output, validate_inputs
 
 BACKENDS = ("native", "foolbox", "art")
 
@@ -71,7 +71,7 @@ class QueryCounter(nn.Module):
 @torch.no_grad()
 def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Logits of ``model`` on ``x``, computed ``batch_size`` samples at a time without autograd."""
-    return torch.cat([model(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+    return torch.cat([check_output(model(x[i : i + batch_size])) for i in range(0, x.shape[0], batch_size)])
 
 
 class Attack(ABC):

@@ -52,6 +52,16 @@ def validate_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    if torch.is_inference_mode_enabled():
+        raise ValueError(
+            "attacks need input gradients, which torch.inference_mode() disables: call the attack outside "
+            "it (under torch.no_grad() is fine, attacks turn gradients back on where they need them)"
+        )
+    if any(t.is_inference() for t in itertools.chain(model.parameters(), model.buffers())):
+        raise ValueError(
+            "the model's parameters or buffers were made under torch.inference_mode(), and autograd cannot "
+            "differentiate through such tensors: build or load the model outside inference mode"
+        )
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise ValueError("x must be a floating-point tensor of images in [0, 1]")
     if x.dim() < 2 or x.shape[0] == 0:
@@ -72,11 +82,23 @@ def validate_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple
     tensor = next(itertools.chain(model.parameters(), model.buffers()), None)
     if tensor is not None and tensor.device != x.device:
         raise ValueError(f"model is on {tensor.device} but x is on {x.device}; put them on the same device")
-    x = x.detach()
+    # A tensor made under inference mode cannot enter autograd; a copy made outside it can.
+    x = x.clone() if x.is_inference() else x.detach()
+    y = y.clone() if y.is_inference() else y
     # One synchronisation, before any work: NaN fails both comparisons, so it is caught here too.
     if not bool(((x >= 0) & (x <= 1)).all()):
         raise ValueError("x must lie in [0, 1] with no NaN; normalisation belongs inside the model")
     return x, y.detach().long()
+
+
+def check_output(output: object) -> torch.Tensor:
+    """Return ``output`` if the model returned one tensor (not a tuple, dict or model-output object)."""
+    if not isinstance(output, torch.Tensor):
+        raise ValueError(
+            f"model must return one logits tensor; got {type(output).__name__}. Wrap a model that returns "
+            "several outputs in a module whose forward returns only the logits, e.g. model(x)[0]"
+        )
+    return output
 
 
 def check_logits(logits: torch.Tensor, y: torch.Tensor) -> None:

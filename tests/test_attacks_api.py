@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from attacks import FGSM, PGD, AttackResult, CarliniWagnerL2, worst_case
+from attacks import APGD, APGDT, FGSM, PGD, AttackResult, CarliniWagnerL2, worst_case
 from tests._attack_models import seeded, single_thread, synthetic_batch, tiny_cnn, trained_cnn
 
 pytestmark = pytest.mark.usefixtures(single_thread.__name__)
@@ -150,6 +150,7 @@ def test_every_forward_pass_runs_in_eval_mode():
     x, y = synthetic_batch(8, 0)
     PGD(eps=0.1, steps=3)(model, x, y)
     CarliniWagnerL2(steps=3, binary_search_steps=2)(model, x, y)
+    APGDT(eps=0.1, steps=3, n_target_classes=2)(model, x, y)
     assert model.modes and not any(model.modes)
 
 
@@ -158,7 +159,58 @@ def test_attacks_work_under_no_grad():
     model = trained_cnn()
     with torch.no_grad():
         res = PGD(eps=16 / 255, steps=5)(model, x, y)
-    assert res.success.any()
+        assert res.success.any()
+        assert APGD(eps=16 / 255, steps=5)(model, x, y).success.any()
+
+
+ALL_ATTACKS = [
+    FGSM(eps=0.1),
+    FGSM(eps=0.1, backend="foolbox"),
+    PGD(eps=0.1, steps=2),
+    PGD(eps=0.1, steps=2, backend="art"),
+    CarliniWagnerL2(steps=2, binary_search_steps=1),
+    APGD(eps=0.1, steps=2),
+    APGDT(eps=0.1, steps=2, n_target_classes=2),
+]
+
+
+class TupleOutput(nn.Module):
+    """A research model that returns its logits together with its features."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model(x), x.flatten(1)
+
+
+@pytest.mark.parametrize("attack", ALL_ATTACKS, ids=repr)
+def test_a_model_returning_a_tuple_raises_one_clear_error(attack):
+    x, y = synthetic_batch(8, 0)
+    with pytest.raises(ValueError, match="one logits tensor; got tuple"):
+        attack(TupleOutput(trained_cnn()), x, y)
+
+
+@pytest.mark.parametrize("attack", ALL_ATTACKS, ids=repr)
+def test_a_call_under_inference_mode_raises_one_clear_error(attack):
+    model = CountingModel(trained_cnn())
+    x, y = synthetic_batch(8, 0)
+    with torch.inference_mode(), pytest.raises(ValueError, match="inference_mode"):
+        attack(model, x, y)
+    assert model.calls == 0
+
+
+def test_inference_tensors_as_inputs_work_but_an_inference_mode_model_is_refused():
+    model = trained_cnn()
+    x, y = synthetic_batch(16, 1)
+    with torch.inference_mode():
+        x_inf, y_inf = x.clone(), y.clone()
+        built_inside = tiny_cnn()
+    for attack in (FGSM(eps=16 / 255), APGD(eps=16 / 255, steps=3)):
+        assert torch.equal(attack(model, x_inf, y_inf).x_adv, attack(model, x, y).x_adv)
+    with pytest.raises(ValueError, match="build or load the model outside inference mode"):
+        PGD(eps=0.1, steps=2)(built_inside, x, y)
 
 
 def test_result_fields_are_consistent():
@@ -185,7 +237,12 @@ def test_native_attacks_leave_misclassified_samples_alone():
     model = trained_cnn()
     x, y = synthetic_batch(64, 3)
     y_wrong = (y + 1) % 10  # nearly every sample is now "misclassified"
-    for attack in (FGSM(eps=0.1), PGD(eps=0.1, steps=3), CarliniWagnerL2(steps=5, binary_search_steps=2)):
+    for attack in (
+        FGSM(eps=0.1),
+        PGD(eps=0.1, steps=3),
+        CarliniWagnerL2(steps=5, binary_search_steps=2),
+        APGDT(eps=0.1, steps=3, n_target_classes=2),
+    ):
         res = attack(model, x, y_wrong)
         wrong = ~res.clean_correct
         assert wrong.sum() > 50
