@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from robust_mnv1.report.verdicts import ALPHA, N_BOOT, REGIME_LABELS, Board, Metric, Series, SeriesStats, Test
+from robust_mnv1.report.verdicts import ALPHA, N_BOOT, REGIME_LABELS, Board, Metric, Series, Test
 
 RULE = (
     "A comparison concludes when its Holm-adjusted p < {alpha} (over all {m} tests of this board), its "
@@ -193,7 +193,7 @@ def section(board: Board) -> list[str]:
     """The markdown of the verdict section of one dataset."""
     if not board.series:
         return ["No series: a verdict needs at least two models that differ in one multiplier only."]
-    out = [RULE.format(alpha=ALPHA, m=len(board.tests), n_boot=N_BOOT), ""]
+    out = [RULE.format(alpha=ALPHA, m=len(board.tests), n_boot=N_BOOT), ""] if board.tests else []
     out += [f"- {line}" for line in verdict_lines(board)]
     if board.skipped:
         out += [
@@ -207,6 +207,3 @@ def section(board: Board) -> list[str]:
     if spread:
         out += ["", "#### Seed-to-seed spread", "", *spread]
     return out
-
-
-__all__ = ["SeriesStats", "section", "verdict_lines"]
