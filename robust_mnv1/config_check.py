@@ -281,9 +281,10 @@ def _check_classes(v: dict[str, Any]) -> None:
     if known is None:
         return
     for key, actual in (("num_classes", known[2]), ("image_size", known[3])):
-        if v[f"data.{key}"] != actual:
+        given = v[f"data.{key}"]
+        if given != actual:
             raise UserError(
-                f"data.{key}={v[f'data.{key}']} but {v['data.name']} has {key}={actual}; set data.{key}={actual}"
+                f"data.{key}={given} but {v['data.name']} has {key}={actual}; set data.{key}={actual}"
             )
     check_data_sizes(v, known[0], known[1], v["data.name"])
 
