@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from robust_mnv1 import evaluate as ev
 from robust_mnv1.checkpoint import weights_digest
@@ -257,14 +258,10 @@ def _worker(container: dict, device_name: str, threads: int | None) -> str:
     return f"{cfg.model.alpha}/{cfg.model.rho}/s{cfg.seed}"
 
 
-def study_task(cfg: DictConfig) -> float:
-    device = resolve_device(cfg.device)
-    # Decode the dataset once here, so that parallel workers only read the decoded cache.
-    dataset = load_dataset(cfg.data, cache_root(cfg) / "data")
-    results = Path(cfg.results_dir)
-    units = unit_configs(cfg)
-    jobs = min(cfg.study.jobs, len(units))
-    t0 = time.perf_counter()
+def _run_units(
+    cfg: DictConfig, units: list[DictConfig], jobs: int, dataset: Dataset, device: torch.device, results: Path
+) -> None:
+    """Run every unit, one after the other, or in ``jobs`` worker processes."""
     if jobs <= 1:
         for unit_cfg in tqdm(units, desc="study units", unit="model", leave=False):
             Unit(unit_cfg, dataset, device, results / "runs").run(evaluate=cfg.study.evaluate)
@@ -289,6 +286,18 @@ def study_task(cfg: DictConfig) -> float:
                 # A failed unit (or Ctrl-C) stops the study: units not yet started are dropped.
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
+
+
+def study_task(cfg: DictConfig) -> float:
+    device = resolve_device(cfg.device)
+    # Decode the dataset once here, so that parallel workers only read the decoded cache.
+    dataset = load_dataset(cfg.data, cache_root(cfg) / "data")
+    results = Path(cfg.results_dir)
+    units = unit_configs(cfg)
+    jobs = min(cfg.study.jobs, len(units))
+    t0 = time.perf_counter()
+    with logging_redirect_tqdm():  # log lines above the bars, not glued onto them
+        _run_units(cfg, units, jobs, dataset, device, results)
     if cfg.study.evaluate:
         generate(results)
         log.info("leaderboard: %s", results / "leaderboard.md")
