@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+from robust_mnv1.atomic import atomic_write_text
 from robust_mnv1.leaderboard import analyse_all, build_table, table_lines
 from robust_mnv1.records import read_records
 from robust_mnv1.report.verdict_text import verdict_lines
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 1
         return 0
-    args.readme.write_text(new, encoding="utf-8")
+    atomic_write_text(args.readme, new)
     return 0
 
 
