@@ -221,7 +221,9 @@ def build_table(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     sample std over seeds (nan for one seed), ``_lo``/``_hi`` the Wilson 95% CI on the counts
     pooled over seeds (``_k``/``_n``). Metrics: ``clean``, ``fgsm8``, ``pgd2``, ``pgd8`` and
     ``worst8`` (per-sample worst case over every attack at 8/255, from the robust masks;
-    ``worst8_prefix`` is true when masks of different n were cut to their common prefix).
+    ``worst8_prefix`` is true when masks of different n were cut to their common prefix; a row
+    lacking an L∞ attack family other rows of its dataset have names it in ``missing`` and has no
+    worst case).
     ``cw_l2`` is the mean over seeds of the C&W median L2 with ``cw_lo``/``cw_hi`` its CI, and
     ``cw_l2_per_seed`` the seeds' per-image distances (a tuple of arrays; None unless every seed's
     record has them), which the CSV leaves out. Sorted by ``data_key``, then worst-case accuracy
@@ -231,7 +233,20 @@ def build_table(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """
     records = list(records)
     check_combinable(records)
-    rows = sorted((_row_dict(r) for r in _group_rows(records)), key=_rank_key)
+    rows = [_row_dict(r) for r in _group_rows(records)]
+    # A row without one of the L∞ attack families the dataset's other rows have (a study still
+    # running, a lost record) has no comparable worst case: FGSM alone would rank it above rows that
+    # also faced PGD. Its worst case is left empty and the row ranks last.
+    families: dict[str, set[str]] = defaultdict(set)
+    for r in records:
+        families[r["data"]["key"]] |= {e["attack"] for e in r["eps_results"]}
+    for row, group in zip(rows, _group_rows(records), strict=True):
+        have = {e["attack"] for r in group.records for e in r["eps_results"]}
+        row["missing"] = ",".join(sorted(families[row["data_key"]] - have))
+        if row["missing"]:
+            for k in ("acc", "std", "lo", "hi", "k", "n"):
+                row[f"worst8_{k}"] = math.nan
+    rows.sort(key=_rank_key)
     table = pd.DataFrame(rows)
     if table.empty:
         return table
@@ -463,6 +478,11 @@ def _reading_notes(rows: pd.DataFrame, records: Sequence[Mapping[str, Any]]) -> 
             else "."
         ),
     ]
+    for _, r in rows[rows["missing"] != ""].iterrows():
+        notes.append(
+            f"- {r['model']} ({REGIME_LABELS[r['regime']]}): no {r['missing'].upper().replace(',', ', ')} "
+            "record yet, so no worst case; ranked last."
+        )
     cut = rows[rows["worst8_prefix"]]
     for _, r in cut.iterrows():
         notes.append(

@@ -309,3 +309,12 @@ def test_cli_module_entry_point_exit_code(tmp_path):
     )
     assert proc.returncode == 1
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+def test_a_row_missing_an_attack_family_has_no_worst_case_and_ranks_last():
+    records = [r for r in make_study() if not (r["model"]["alpha"] == 1.0 and r["attack"] == "pgd")]
+    table = lb.build_table(records)
+    incomplete = table[table["alpha"] == 1.0]
+    assert set(incomplete["missing"]) == {"pgd"} and incomplete["worst8_acc"].isna().all()
+    assert list(table["rank"][table["alpha"] == 1.0]) == [len(table) - 1, len(table)]
+    assert "no PGD record yet" in lb.render_markdown(records, table)
