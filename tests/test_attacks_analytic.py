@@ -13,15 +13,29 @@ from tests._attack_models import NUM_CLASSES, linear_batch, orthogonal_linear, s
 pytestmark = pytest.mark.usefixtures(single_thread.__name__)
 
 
-def test_cw_finds_the_exact_minimal_l2_distance_of_a_linear_model():
-    model = orthogonal_linear()
-    x, y, exact = linear_batch(200, 0, model)
+@pytest.mark.parametrize(
+    ("seed", "spread", "share"),
+    [
+        (0, 1.0, 0.95),
+        (1, 1.0, 0.95),
+        (0, 0.2, 0.95),
+        (1, 0.2, 0.95),
+        # A known limit: near lr per pixel (here 0.003 per pixel, as an undefended CIFAR-10 model's
+        # median distance), Adam's first steps overshoot and a few samples stay 2-90% above the
+        # minimum: 93% within 2% here (91% with seed 1), with a median ratio of 1.003.
+        (0, 0.05, 0.9),
+    ],
+)
+def test_cw_defaults_find_the_exact_minimal_l2_distance_of_a_linear_model(seed, spread, share):
+    model = orthogonal_linear(seed)
+    x, y, exact = linear_batch(200, seed, model, spread=spread)
     assert x.shape[0] == 200 and len(y.unique()) == NUM_CLASSES
     res = CarliniWagnerL2()(model, x, y)
     assert res.success.all()
     ratio = res.l2 / exact
     assert (ratio >= 1 - 1e-4).all()  # no attack can beat the true minimum
-    assert (ratio <= 1.02).float().mean() >= 0.95
+    assert (ratio <= 1.02).float().mean() >= share
+    assert ratio.median() <= 1.005
 
 
 def test_fgsm_matches_the_closed_form_step_on_a_linear_model():

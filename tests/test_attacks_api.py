@@ -321,7 +321,7 @@ def test_cw_moves_pixels_that_sit_exactly_on_the_box_edges():
         x = (torch.rand(32, 3, 8, 8) > 0.5).float()
     with torch.no_grad():
         y = model(x).argmax(1)
-    res = CarliniWagnerL2(steps=100, binary_search_steps=5)(model, x, y)
+    res = CarliniWagnerL2(steps=100, binary_search_steps=5, lr=0.01)(model, x, y)
     assert res.success.all()
     assert res.l2.median() < 0.5
 

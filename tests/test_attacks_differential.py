@@ -80,7 +80,7 @@ def test_peer_backends_are_seeded_and_leave_global_rng_alone(setup):
 
 def test_cw_is_at_least_as_strong_as_foolbox_for_the_same_budget(setup_200):
     model, x, y = setup_200
-    budget = {"steps": 50, "binary_search_steps": 5}
+    budget = {"steps": 50, "binary_search_steps": 5, "lr": 0.01}
     native = CarliniWagnerL2(**budget)(model, x, y)
     peer = CarliniWagnerL2(**budget, backend="foolbox")(model, x, y)
     assert native.success.sum() >= peer.success.sum()
