@@ -50,6 +50,7 @@ from robust_mnv1.errors import UserError
 from robust_mnv1.evaluate import eval_order
 from robust_mnv1.malloc import keep_freed_memory
 from robust_mnv1.models import MobileNetV1
+from robust_mnv1.train import _exclusive
 from robust_mnv1.zoo import (
     cache_root,
     finetuned_model,
@@ -592,9 +593,11 @@ def _main(cfg: DictConfig) -> None:
         cfg, dataset, resolve_device(cfg.device), regime=ecfg.regime, train_missing=ecfg.train_missing
     )
     out_dir = Path(os.path.expanduser(ecfg.out_dir)) if ecfg.out_dir else entry
-    report = export_files(
-        model, dataset, out_dir, entry.name, ecfg, model_source(model, meta, ecfg.regime, entry)
-    )
+    source = model_source(model, meta, ecfg.regime, entry)
+    # Whoever writes into a cache entry holds its lock: a run loading the same model meanwhile clears
+    # the entry's temp files (robust_mnv1.train), which would include the export's half-written ones.
+    with _exclusive(entry) if out_dir.resolve() == entry.resolve() else contextlib.nullcontext():
+        report = export_files(model, dataset, out_dir, entry.name, ecfg, source)
     acc = report["test_accuracy"]
     how = "trained now" if meta["trained"] else "from the cache"
     print(f"{model.name} {ecfg.regime} on {dataset.label} ({how})")

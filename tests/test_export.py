@@ -235,11 +235,11 @@ def test_cli_bad_input_is_one_line_and_exit_2(args, needle, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_cli_exports_a_cached_model(trained, tmp_path):
+def test_cli_exports_a_cached_model_next_to_it(trained):
     cfg, _ = trained
-    proc = run_export(*TINY, "export.regime=pgd-at", f"export.out_dir={tmp_path}", cache=cfg.cache_dir)
+    proc = run_export(*TINY, "export.regime=pgd-at", cache=cfg.cache_dir)
     assert proc.returncode == 0, proc.stderr
     assert "pgd-at on digits" in proc.stdout and "(from the cache)" in proc.stdout
-    (report,) = tmp_path.glob("MobileNetV1-0.25-32px-pgd-at-*.export.json")
-    stem = report.name.removesuffix(".export.json")
-    assert {p.name for p in tmp_path.iterdir()} == {report.name, f"{stem}.onnx", f"{stem}.int8.onnx"}
+    (entry,) = (cache_root(cfg) / "models").glob("MobileNetV1-0.25-32px-pgd-at-*")
+    written = {p.name for p in entry.iterdir()} - {".lock", "final.safetensors", "final.safetensors.json"}
+    assert written == {f"{entry.name}{suffix}" for suffix in (".onnx", ".int8.onnx", ".export.json")}
