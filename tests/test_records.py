@@ -455,3 +455,10 @@ def test_records_with_bare_infinity_tokens_load_and_are_migrated(tmp_path, cw):
     assert rewrite_strict(runs) == [legacy]
     assert _strict_json(legacy.read_text())["cw"]["l2_per_image"][-1] == "Infinity"
     assert load_records(runs) == [record] and rewrite_strict(runs) == []
+
+
+def test_written_records_are_readable_by_others_as_open_would_make_them(tmp_path, pgd):
+    umask = os.umask(0)
+    os.umask(umask)
+    path = write_record(pgd, tmp_path / "runs")
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
