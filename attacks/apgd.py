@@ -165,7 +165,7 @@ class _AutoPGD(Attack):
         # This run's highest-loss point (where a halving restarts from) and its gradient.
         ws.x_max, ws.f_max, ws.grad_max = ws.xa, ws.f, ws.grad
         ws.x_prev = ws.xa
-        ws.eta = torch.full_like(ws.f, 2.0 * self.eps)
+        ws.eta = torch.full_like(ws.f, 2.0 * self.eps, dtype=ws.x0.dtype)
         # Per checkpoint interval: steps that raised the loss, the best loss at its start, and whether
         # the step size was halved at its start.
         ws.n_up = torch.zeros_like(ws.f)
