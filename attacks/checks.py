@@ -6,7 +6,8 @@ masking. :func:`run_all` runs every check while sharing attack runs between them
 few seconds for a couple of hundred images of a small model (``steps`` sets the budget).
 
 Accuracy comparisons allow ``tol`` (a fraction of the batch) of slack, because attacks with different
-settings legitimately break slightly different samples.
+settings legitimately break slightly different samples. Fractions are compared in whole samples, so a
+difference of exactly ``tol`` never flags.
 """
 
 from __future__ import annotations
@@ -118,16 +119,26 @@ def _session(model: nn.Module, x: torch.Tensor, y: torch.Tensor, **kwargs: Any) 
     return _Session(model, x, y, **{**defaults, **kwargs})
 
 
+def _more_than(fraction: float, tol: float, n: int) -> bool:
+    """Whether ``fraction`` of a batch of ``n`` is more than ``tol`` of it, counted in whole samples.
+
+    Accuracies are float32 means, so a difference of exactly ``tol`` (2 samples of 200 against 0.01)
+    can exceed it by a rounding error and would flag a check that should stay quiet.
+    """
+    return round(fraction * n) > tol * n
+
+
 def _monotone(s: _Session, factors: tuple[float, ...], tol: float) -> CheckReport:
     accs = [s.clean_accuracy() if f == 0 else s.pgd(f * s.eps).robust_accuracy for f in sorted(factors)]
     rises = [b - a for a, b in itertools.pairwise(accs)]
     worst = max(rises, default=0.0)
     metrics = {f"acc_at_{f:g}eps": a for f, a in zip(sorted(factors), accs, strict=True)}
+    flagged = _more_than(worst, tol, s.x.shape[0])
     return CheckReport(
         name="accuracy_not_monotone_in_eps",
-        flagged=worst > tol,
+        flagged=flagged,
         detail=f"PGD accuracy over eps x {sorted(factors)}: {', '.join(f'{a:.3f}' for a in accs)}"
-        + (f"; rises by {worst:.3f} at a larger eps" if worst > tol else ""),
+        + (f"; rises by {worst:.3f} at a larger eps" if flagged else ""),
         metrics={**metrics, "largest_rise": worst},
     )
 
@@ -138,7 +149,7 @@ def _pgd_vs_fgsm(s: _Session, tol: float) -> CheckReport:
     fgsm_only = float((fgsm.success & ~pgd.success).float().mean())
     return CheckReport(
         name="pgd_weaker_than_fgsm",
-        flagged=gap > tol,
+        flagged=_more_than(gap, tol, s.x.shape[0]),
         detail=f"PGD-{s.steps} accuracy {pgd.robust_accuracy:.3f} vs FGSM {fgsm.robust_accuracy:.3f} "
         f"at eps={s.eps:g}; FGSM alone broke {fgsm_only:.3f} of the batch",
         metrics={
@@ -157,7 +168,7 @@ def _more_effort(s: _Session, steps_factor: int, restarts: int, tol: float) -> C
     rise = max(more_steps, more_restarts) - base
     return CheckReport(
         name="more_steps_or_restarts_raise_accuracy",
-        flagged=rise > tol,
+        flagged=_more_than(rise, tol, s.x.shape[0]),
         detail=f"PGD accuracy {base:.3f} with {s.steps} steps, {more_steps:.3f} with "
         f"{s.steps * steps_factor} steps, {more_restarts:.3f} with {restarts} restarts",
         metrics={
@@ -188,7 +199,7 @@ def _random_noise(s: _Session, draws: int, tol: float) -> CheckReport:
     noise_acc = float((pgd.clean_correct & ~noise_broken).float().mean())
     return CheckReport(
         name="random_noise_beats_attack",
-        flagged=noise_only > tol,
+        flagged=_more_than(noise_only, tol, s.x.shape[0]),
         detail=f"random noise ({draws} draws) leaves accuracy {noise_acc:.3f}, "
         f"PGD {pgd.robust_accuracy:.3f}; noise alone broke {noise_only:.3f} of the batch",
         metrics={
@@ -206,7 +217,7 @@ def _unbounded(s: _Session, max_accuracy: float) -> CheckReport:
     res = s.pgd(radius, random_start=False)
     return CheckReport(
         name="unbounded_attack_fails",
-        flagged=res.robust_accuracy > max_accuracy,
+        flagged=_more_than(res.robust_accuracy, max_accuracy, s.x.shape[0]),
         detail=f"PGD with {s.norm} eps={radius:g} (the whole box) leaves accuracy {res.robust_accuracy:.3f}, "
         f"expected <= {max_accuracy:g}",
         metrics={"unbounded_accuracy": res.robust_accuracy},
@@ -224,11 +235,12 @@ def _zero_gradients(s: _Session, max_fraction: float) -> CheckReport:
                 )
                 zero.append((grad.flatten(1) == 0).all(dim=1))
             fractions[name] = float(torch.cat(zero).float().mean())
-    flagged = max(fractions.values()) > max_fraction
+    n = s.x.shape[0]
+    flagged = _more_than(max(fractions.values()), max_fraction, n)
     hint = ""
-    if fractions["margin"] > max_fraction:
+    if _more_than(fractions["margin"], max_fraction, n):
         hint = "; the logits themselves are flat (masked gradients)"
-    elif fractions["ce"] > max_fraction:
+    elif _more_than(fractions["ce"], max_fraction, n):
         hint = "; cross-entropy is saturated, use loss='margin'"
     return CheckReport(
         name="zero_gradients",
@@ -243,11 +255,12 @@ def _probabilities(s: _Session, max_fraction: float) -> CheckReport:
     out = s.logits().float()
     looks_like_probs = (out >= 0).all(dim=1) & (out <= 1).all(dim=1) & ((out.sum(dim=1) - 1).abs() < 1e-3)
     fraction = float(looks_like_probs.float().mean())
+    flagged = _more_than(fraction, max_fraction, s.x.shape[0])
     return CheckReport(
         name="outputs_look_like_probabilities",
-        flagged=fraction > max_fraction,
+        flagged=flagged,
         detail=f"{fraction:.3f} of output rows are non-negative and sum to 1"
-        + ("; attacks need logits, remove the final softmax" if fraction > max_fraction else ""),
+        + ("; attacks need logits, remove the final softmax" if flagged else ""),
         metrics={"probability_rows_fraction": fraction},
     )
 

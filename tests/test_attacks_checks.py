@@ -6,6 +6,7 @@ import json
 import time
 
 import pytest
+import torch
 
 from attacks import checks
 from tests._attack_models import DoubleSoftmax, QuantizedInput, single_thread, synthetic_batch, trained_cnn
@@ -74,3 +75,11 @@ def test_checks_validate_their_arguments(batch):
         checks.run_all(trained_cnn(), x, y, eps=0.0)
     with pytest.raises(ValueError, match="norm"):
         checks.run_all(trained_cnn(), x, y, eps=EPS, norm="l1")
+
+
+def test_a_difference_of_exactly_tol_does_not_flag():
+    # 119/200 - 117/200 as float32 means is 0.0100000501: two samples, not more than 1% of 200.
+    rise = float(torch.tensor(119 / 200)) - float(torch.tensor(117 / 200))
+    assert rise > 0.01
+    assert not checks._more_than(rise, 0.01, 200)
+    assert checks._more_than(rise + 1 / 200, 0.01, 200)
