@@ -219,7 +219,7 @@ class PGDSpec:
 class PlainLoop:
     """The baseline: a hand-written eager training loop over uint8 data resident on the device.
 
-    Like the performance issue's reference loop: each batch is a shuffled gather from the resident
+    Like the reference loop of the performance targets: each batch is a shuffled gather from the resident
     uint8 images, a random 4-pixel-shifted crop (zero padding) and horizontal flip done on the device,
     and a conversion to float. Same model, batch size, optimizer (SGD, momentum, Nesterov, weight
     decay) and precision policy as :mod:`robust_mnv1.train` (channels_last; fp32 on CPU; bf16

@@ -143,7 +143,7 @@ BAD = [
     ("+attack.foo.eps_255=[1]", "unknown key attack.foo; valid keys under attack: cw, fgsm, pgd"),
     ("~train.lr", "train.lr is missing; it must be a number > 0"),
 ]
-# Ten through a real launch: the destructive and late cases, and each kind of check.
+# Ten through a real launch: the destructive and late cases, and each kind of check.
 SUBPROCESS = [
     "finetune.lr=-1",
     "finetune.epochs=0",

@@ -46,7 +46,7 @@ def plot_series(boards: Mapping[str, Board], name: str, path: Path) -> None:
         for st in b.stats:
             if st.metric not in metrics:
                 metrics.append(st.metric)
-    fig = Figure(figsize=(4.2 * max(1, len(metrics)), 3.8 * max(1, len(rows))), layout="constrained")
+    fig = Figure(figsize=(5.0 * max(1, len(metrics)), 3.8 * max(1, len(rows))), layout="constrained")
     if not rows or not metrics:
         ax = fig.subplots()
         ax.text(0.5, 0.5, f"no {name} series in the records", ha="center", va="center")
@@ -72,7 +72,7 @@ def plot_series(boards: Mapping[str, Board], name: str, path: Path) -> None:
                     label=f"{REGIME_LABELS.get(s.regime, s.regime)} ({s.label})",
                 )
             symbol = "α" if name == "width" else "ρ"
-            ax.set_title(f"{data_key}: {metric.label}", fontsize=9)
+            ax.set_title(f"{data_key}:\n{metric.label}", fontsize=9)
             ax.set_xlabel(f"{symbol} ({name} multiplier)")
             ax.set_ylabel("median L2" if metric.kind == "cw" else "%")
             ax.grid(alpha=0.3)
