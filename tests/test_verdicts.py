@@ -83,3 +83,14 @@ def test_ties_and_infinite_cw_distances_are_handled():
 def test_a_single_model_has_no_series():
     board = analyse(synthetic_study(alphas=(0.5,)), "synthetic")
     assert not board.series and "No series" in section(board)[0]
+
+
+def test_a_model_without_a_metric_is_left_out_of_that_comparison_only():
+    study = synthetic_study(effect=0.05)
+    largest = next(o for o in study if o.alpha == 1.0)
+    del largest.robust["pgd2"]
+    board = analyse(study, "synthetic")
+    pgd2 = [t for t in board.tests if t.metric.key == "fool_pgd2"]
+    assert pgd2 and all("α = 1" not in (t.a, t.b) for t in pgd2)
+    assert any(t.b == "α = 1" for t in board.tests if t.metric.key == "robust_worst8")
+    assert any("without MobileNetV1-1.00-32px" in s for s in board.skipped)

@@ -59,7 +59,7 @@ def plot_series(boards: Mapping[str, Board], name: str, path: Path) -> None:
             for st in (st for st in board.stats if st.series.name == name and st.metric == metric):
                 s: Series = st.series
                 style, marker = _STYLE.get(s.regime, ("-", "o"))
-                xs = [s.level(o) for o in s.models]
+                xs = [s.level(o) for o in st.models]
                 lo, hi = zip(*st.cis, strict=True)
                 _errorbar(
                     ax,

@@ -158,11 +158,12 @@ def series_table(board: Board) -> list[str]:
     lines.append("|---|---|---|" + "---|" * len(_metrics(board)))
     for s in board.series:
         mine = {st.metric.key: st for st in board.stats if st.series == s}
-        for i, o in enumerate(s.models):
-            cells = [
-                _value(st.metric, st.values[i], *st.cis[i]) if (st := mine.get(m.key)) else "—"
-                for m in _metrics(board)
-            ]
+        for o in s.models:
+            cells = []
+            for m in _metrics(board):
+                st = mine.get(m.key)
+                i = next((k for k, other in enumerate(st.models) if other is o), None) if st else None
+                cells.append("—" if i is None else _value(st.metric, st.values[i], *st.cis[i]))
             lines.append(f"| {s.label} | {_regime(s)} | {o.model} | " + " | ".join(cells) + " |")
     return lines
 
@@ -198,8 +199,8 @@ def section(board: Board) -> list[str]:
     if board.skipped:
         out += [
             "",
-            "Not compared (a model lacks the metric's per-image results, or the models saw different "
-            "images): " + "; ".join(board.skipped) + ".",
+            "Not compared, or compared without some models (a model lacks the metric's per-image results, "
+            "or the models saw different images): " + "; ".join(board.skipped) + ".",
         ]
     out += ["", "#### Each model along its series", "", *series_table(board)]
     out += ["", "#### Every test", "", *test_table(board)]

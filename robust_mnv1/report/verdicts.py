@@ -351,19 +351,20 @@ def pooled_sd(spreads: Sequence[Spread], data_key: str, regime: str, metric: Met
 
 @dataclass(frozen=True)
 class SeriesStats:
-    """Each model's value of one metric along a series, with its 95% CI over images."""
+    """The value of one metric for each model of a series that has it, with its 95% CI over images."""
 
     series: Series
     metric: Metric
+    models: tuple[Outcomes, ...]
     values: tuple[float, ...]
     cis: tuple[tuple[float, float], ...]
 
 
 def series_tests(series: Series, metric: Metric, spreads: Sequence[Spread]):
-    """(SeriesStats, tests) of one metric along one series; None when a model lacks the metric or
-    the models were not evaluated on the same images."""
-    models = series.models
-    if not all(_available(metric, o) for o in models) or len({_size(metric, o) for o in models}) != 1:
+    """(SeriesStats, tests) of one metric along the models of a series that have it (a study still
+    running lacks some); None when fewer than two have it or they were not evaluated on the same images."""
+    models = tuple(o for o in series.models if _available(metric, o))
+    if len(models) < 2 or len({_size(metric, o) for o in models}) != 1:
         return None
     values, draws, pairs = _cw_stats(models) if metric.kind == "cw" else _binary_stats(metric, models)
     sd = pooled_sd(spreads, series.data_key, series.regime, metric)
@@ -407,7 +408,7 @@ def series_tests(series: Series, metric: Metric, spreads: Sequence[Spread]):
             noise,
         )
     )
-    stats = SeriesStats(series, metric, tuple(values), tuple(interval(d) for d in draws))
+    stats = SeriesStats(series, metric, models, tuple(values), tuple(interval(d) for d in draws))
     return stats, tests
 
 
@@ -471,8 +472,11 @@ def analyse(outcomes: Sequence[Outcomes], data_key: str) -> Board:
     for s in series:
         for metric in METRICS:
             result = series_tests(s, metric, spreads)
+            lacking = [o.model for o in s.models if not _available(metric, o)]
+            if result is None or lacking:
+                what = f"{REGIME_LABELS.get(s.regime, s.regime)}, {s.label}, {metric.label}"
+                skipped.append(f"{what} (without {', '.join(lacking)})" if result is not None else what)
             if result is None:
-                skipped.append(f"{REGIME_LABELS.get(s.regime, s.regime)}, {s.label}, {metric.label}")
                 continue
             stats.append(result[0])
             tests += result[1]
