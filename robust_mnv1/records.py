@@ -433,7 +433,8 @@ def _from_strict(value: Any) -> Any:
     return value
 
 
-def _dumps(record: Mapping[str, Any]) -> str:
+def dumps_record(record: Mapping[str, Any]) -> str:
+    """A record as the standard JSON text :func:`write_record` stores."""
     return json.dumps(_to_strict(record), indent=2, sort_keys=True, allow_nan=False) + "\n"
 
 
@@ -450,8 +451,8 @@ def rewrite_strict(runs_dir: str | Path) -> list[Path]:
         if error is not None:
             continue
         text = path.read_text(encoding="utf-8")
-        if text != _dumps(record):
-            atomic_write_text(path, _dumps(record))
+        if text != dumps_record(record):
+            atomic_write_text(path, dumps_record(record))
             done.append(path)
     return done
 
@@ -464,7 +465,7 @@ def write_record(record: Mapping[str, Any], runs_dir: str | Path) -> Path:
     in ``.tmp``, so :func:`load_records` ignores them.
     """
     validate_record(record)
-    return atomic_write_text(Path(runs_dir) / f"{record['run_id']}.json", _dumps(record))
+    return atomic_write_text(Path(runs_dir) / f"{record['run_id']}.json", dumps_record(record))
 
 
 def _skip(path: Path, reason: str) -> None:

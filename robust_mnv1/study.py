@@ -13,7 +13,6 @@ than mixed with records of other weights.
 
 from __future__ import annotations
 
-import json
 import logging
 import multiprocessing
 import re
@@ -34,7 +33,7 @@ from robust_mnv1.data import Dataset, load_dataset
 from robust_mnv1.envinfo import environment
 from robust_mnv1.leaderboard import generate
 from robust_mnv1.malloc import keep_freed_memory
-from robust_mnv1.records import config_hash, make_run_id, validate_record, write_record
+from robust_mnv1.records import config_hash, make_run_id, parse_record, validate_record, write_record
 from robust_mnv1.zoo import cache_root, finetuned_model, make_model, resolve_device, standard_model
 
 ATTACKS = ("fgsm", "pgd", "cw")
@@ -91,7 +90,7 @@ class Unit:
         """The stored record for (regime, attack) if it exists, is valid and was made with this config."""
         path, digest = self.path(regime, attack)
         try:
-            record = json.loads(path.read_text())
+            record = parse_record(path.read_text())
             validate_record(record)
         except (OSError, ValueError):  # RecordError is a ValueError: an invalid record is redone
             return None

@@ -1,13 +1,11 @@
 """The study end to end on digits: records, leaderboard, model cache, resume, parallel sweeps."""
 
-import json
-
 import pytest
 import torch
 
 from robust_mnv1.cli import compose_config
 from robust_mnv1.data import load_dataset
-from robust_mnv1.records import load_records, validate_record
+from robust_mnv1.records import dumps_record, load_records, parse_record, validate_record
 from robust_mnv1.zoo import cache_root, finetuned_model, standard_model
 
 from .conftest import run_cli
@@ -146,15 +144,15 @@ def test_records_name_their_weights_and_a_record_of_other_weights_is_redone(smok
         next(p for p in files if "0.50-32px__pgd-at__pgd__" in p.name),
     ]
     for victim in victims:
-        stale = json.loads(victim.read_text())
+        stale = parse_record(victim.read_text())
         stale["model"]["weights"] = "0" * 16
-        victim.write_text(json.dumps(stale))
+        victim.write_text(dumps_record(stale))
     before = {p.name: p.read_text() for p in runs.glob("*.json")}
     run([*FAST, f"results_dir={tmp_path}/results", f"hydra.run.dir={tmp_path}/out"], root / "cache")
     after = {p.name: p.read_text() for p in runs.glob("*.json")}
     assert sorted(name for name in before if before[name] != after[name]) == sorted(v.name for v in victims)
     for victim in victims:
-        redone = json.loads(after[victim.name])
+        redone = parse_record(after[victim.name])
         assert redone["model"]["weights"] == by_key[(redone["model"]["name"], redone["regime"])]
 
 
@@ -177,7 +175,7 @@ def test_parallel_joblib_sweep_leaves_consistent_records(smoke, tmp_path):
     files = sorted((results / "runs").glob("*.json"))
     assert len(files) == 12  # 2 jobs x 2 regimes x 3 attacks
     for f in files:
-        validate_record(json.loads(f.read_text()))
+        validate_record(parse_record(f.read_text()))
     assert not list((results / "runs").glob(".*tmp"))
 
 
