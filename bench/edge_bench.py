@@ -50,6 +50,8 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=1000, help="timed calls per engine (default 1000)")
     parser.add_argument("--warmup", type=int, default=50, help="untimed calls per engine first (default 50)")
     parser.add_argument("--blocks", type=int, default=10, help="interleaved rounds (default 10)")
+    # Edge latency is a CPU measurement; the flag keeps the benches' common command line.
+    parser.add_argument("--device", choices=["cpu"], default="cpu", help="only cpu: what edge devices run")
     parser.add_argument(
         "--out", type=Path, default=None, help="keep the ONNX files here (default: a temp dir)"
     )
