@@ -90,7 +90,15 @@ class _Row:
     seeds: dict[int, _SeedSummary]
 
 
-def _summarize_seed(records: Sequence[Mapping[str, Any]]) -> _SeedSummary:
+def _families(records: Iterable[Mapping[str, Any]]) -> dict[str, set[str]]:
+    """The L∞ attack families each dataset's records hold: a seed lacking one has no worst case yet."""
+    out: dict[str, set[str]] = defaultdict(set)
+    for r in records:
+        out[r["data"]["key"]] |= {e["attack"] for e in r["eps_results"]}
+    return out
+
+
+def _summarize_seed(records: Sequence[Mapping[str, Any]], families: set[str]) -> _SeedSummary:
     # Attack records of the same model and seed evaluate the same images; the largest n is the
     # most informative clean estimate (a C&W run may use fewer images).
     best_clean = max(records, key=lambda r: r["clean"]["n"])["clean"]
@@ -104,7 +112,10 @@ def _summarize_seed(records: Sequence[Mapping[str, Any]]) -> _SeedSummary:
         strongest = min(group, key=lambda e: (e["robust"] / e["n"] if e["n"] else 1.0, e["loss"]))
         points[key] = (strongest["robust"], strongest["n"])
     worst = {}
-    for eps in sorted({k[1] for k in by_point}):
+    # FGSM alone is no worst case: a seed still missing a family the others have (a study still
+    # running, a lost record) contributes none.
+    complete = families <= {e["attack"] for e in entries}
+    for eps in sorted({k[1] for k in by_point}) if complete else ():
         group = [e for e in entries if _eps_key(e["eps_255"]) == eps]
         n = min(e["n"] for e in group)
         robust = np.ones(n, dtype=bool)
@@ -121,6 +132,8 @@ def _summarize_seed(records: Sequence[Mapping[str, Any]]) -> _SeedSummary:
 
 
 def _group_rows(records: Iterable[Mapping[str, Any]]) -> list[_Row]:
+    records = list(records)
+    families = _families(records)
     grouped: dict[tuple[str, str, str], list[Mapping[str, Any]]] = defaultdict(list)
     for r in sorted(records, key=lambda r: r["run_id"]):
         grouped[(r["data"]["key"], r["model"]["name"], r["regime"])].append(r)
@@ -129,7 +142,7 @@ def _group_rows(records: Iterable[Mapping[str, Any]]) -> list[_Row]:
         by_seed: dict[int, list[Mapping[str, Any]]] = defaultdict(list)
         for r in group:
             by_seed[r["seed"]].append(r)
-        seeds = {s: _summarize_seed(rs) for s, rs in sorted(by_seed.items())}
+        seeds = {s: _summarize_seed(rs, families[data_key]) for s, rs in sorted(by_seed.items())}
         rows.append(_Row(data_key, group[0]["model"], regime, group, seeds))
     return rows
 
@@ -233,19 +246,16 @@ def build_table(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """
     records = list(records)
     check_combinable(records)
-    rows = [_row_dict(r) for r in _group_rows(records)]
-    # A row without one of the L∞ attack families the dataset's other rows have (a study still
-    # running, a lost record) has no comparable worst case: FGSM alone would rank it above rows that
-    # also faced PGD. Its worst case is left empty and the row ranks last.
-    families: dict[str, set[str]] = defaultdict(set)
-    for r in records:
-        families[r["data"]["key"]] |= {e["attack"] for e in r["eps_results"]}
-    for row, group in zip(rows, _group_rows(records), strict=True):
-        have = {e["attack"] for r in group.records for e in r["eps_results"]}
-        row["missing"] = ",".join(sorted(families[row["data_key"]] - have))
-        if row["missing"]:
-            for k in ("acc", "std", "lo", "hi", "k", "n"):
-                row[f"worst8_{k}"] = math.nan
+    groups = _group_rows(records)
+    rows = [_row_dict(r) for r in groups]
+    # Rows and seeds without every L∞ family of their dataset have no worst case (see _summarize_seed);
+    # a row none of whose seeds is complete ranks last instead of first on FGSM alone.
+    families = _families(records)
+    for row, group in zip(rows, groups, strict=True):
+        by_seed: dict[int, set[str]] = defaultdict(set)
+        for r in group.records:
+            by_seed[r["seed"]] |= {e["attack"] for e in r["eps_results"]}
+        row["missing"] = ",".join(sorted(families[row["data_key"]] - set.intersection(*by_seed.values())))
     rows.sort(key=_rank_key)
     table = pd.DataFrame(rows)
     if table.empty:
@@ -479,9 +489,14 @@ def _reading_notes(rows: pd.DataFrame, records: Sequence[Mapping[str, Any]]) -> 
         ),
     ]
     for _, r in rows[rows["missing"] != ""].iterrows():
+        missing = r["missing"].upper().replace(",", ", ")
         notes.append(
-            f"- {r['model']} ({REGIME_LABELS[r['regime']]}): no {r['missing'].upper().replace(',', ', ')} "
-            "record yet, so no worst case; ranked last."
+            f"- {r['model']} ({REGIME_LABELS[r['regime']]}): "
+            + (
+                f"no {missing} record yet, so no worst case; ranked last."
+                if math.isnan(r["worst8_acc"])
+                else f"some seeds have no {missing} record yet; its worst case is over the seeds that do."
+            )
         )
     cut = rows[rows["worst8_prefix"]]
     for _, r in cut.iterrows():

@@ -318,3 +318,13 @@ def test_a_row_missing_an_attack_family_has_no_worst_case_and_ranks_last():
     assert set(incomplete["missing"]) == {"pgd"} and incomplete["worst8_acc"].isna().all()
     assert list(table["rank"][table["alpha"] == 1.0]) == [len(table) - 1, len(table)]
     assert "no PGD record yet" in lb.render_markdown(records, table)
+
+
+def test_a_seed_missing_an_attack_family_leaves_the_worst_case_to_the_complete_seeds():
+    both = make_study(alphas=(0.5, 1.0), seeds=(0, 1))
+    records = [r for r in both if not (r["seed"] == 1 and r["attack"] == "pgd")]
+    seed0 = lb.build_table([r for r in both if r["seed"] == 0])
+    table = lb.build_table(records)
+    assert list(table["worst8_acc"]) == list(seed0["worst8_acc"])
+    assert set(table["missing"]) == {"pgd"}
+    assert "some seeds have no PGD record yet" in lb.render_markdown(records, table)
