@@ -105,10 +105,7 @@ class Attack(ABC):
         """
         x, y = validate_inputs(model, x, y)
         with model_hygiene(model):
-            clean_logits = predict_logits(model, x, self.batch_size)
-            check_logits(clean_logits, y)
-            self._check_num_classes(clean_logits.shape[1])
-            clean_correct = clean_logits.argmax(dim=1) == y
+            clean_correct, num_classes = self._clean_correct(model, x, y)
             counter = QueryCounter(model)
             start = time.perf_counter()
             with self._rng_scope(x.device) as generator:
@@ -119,17 +116,37 @@ class Attack(ABC):
                             x[i : i + self.batch_size],
                             y[i : i + self.batch_size],
                             clean_correct[i : i + self.batch_size],
-                            clean_logits.shape[1],
+                            num_classes,
                             generator,
                         ).detach()
                         for i in range(0, x.shape[0], self.batch_size)
                     ]
                 )
-            x_adv = self._constrain(x, x_adv.to(x.dtype))
-            if x.device.type == "cuda":
-                torch.cuda.synchronize(x.device)
-            seconds = time.perf_counter() - start
-            adv_pred = predict_logits(model, x_adv, self.batch_size).argmax(dim=1)
+            return self._result(model, x, y, x_adv, clean_correct, counter.count, start)
+
+    def _clean_correct(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Which samples the model classifies correctly on clean input, and its number of classes."""
+        clean_logits = predict_logits(model, x, self.batch_size)
+        check_logits(clean_logits, y)
+        self._check_num_classes(clean_logits.shape[1])
+        return clean_logits.argmax(dim=1) == y, int(clean_logits.shape[1])
+
+    def _result(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        x_adv: torch.Tensor,
+        clean_correct: torch.Tensor,
+        queries: int,
+        start: float,
+    ) -> AttackResult:
+        """Constrain the backend's ``x_adv`` to the threat model and judge it with a fresh forward pass."""
+        x_adv = self._constrain(x, x_adv.to(x.dtype))
+        if x.device.type == "cuda":
+            torch.cuda.synchronize(x.device)
+        seconds = time.perf_counter() - start
+        adv_pred = predict_logits(model, x_adv, self.batch_size).argmax(dim=1)
         success = clean_correct & (adv_pred != y)
         if self.minimization:
             # A minimization attack reports the original image where it failed, never a stale iterate.
@@ -141,7 +158,7 @@ class Attack(ABC):
             clean_correct=clean_correct,
             linf=diff.abs().amax(dim=1),
             l2=diff.norm(dim=1),
-            queries=counter.count,
+            queries=queries,
             seconds=seconds,
             attack=self.name,
             backend=self.backend,

@@ -118,11 +118,11 @@ def _eps_entry(name: str, eps_255: float, loss: str, robust: torch.Tensor) -> di
 
 
 def run_fgsm(model, x, y, acfg: DictConfig) -> list[dict]:
-    out = []
-    for e in acfg.eps_255:
-        res = FGSM(eps=e / 255, batch_size=acfg.batch_size)(model, x, y)
-        out.append(_eps_entry("fgsm", e, "ce", res.clean_correct & ~res.success))
-    return out
+    results = FGSM.over_eps(model, x, y, [e / 255 for e in acfg.eps_255], batch_size=acfg.batch_size)
+    return [
+        _eps_entry("fgsm", e, "ce", res.clean_correct & ~res.success)
+        for e, res in zip(acfg.eps_255, results, strict=True)
+    ]
 
 
 def pgd_arguments(acfg: DictConfig, eps_255: float, seed: int) -> dict[str, Any]:

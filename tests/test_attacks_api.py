@@ -250,6 +250,26 @@ def test_native_attacks_leave_misclassified_samples_alone():
         assert not res.success[wrong].any()
 
 
+@pytest.mark.parametrize(("norm", "loss"), [("linf", "ce"), ("l2", "margin")])
+def test_fgsm_over_eps_equals_one_call_per_eps_bit_for_bit(norm, loss):
+    model = trained_cnn()
+    x, y = synthetic_batch(70, 5)
+    y[:9] = (y[:9] + 1) % 10  # some samples start misclassified and must be left alone
+    eps = [0.0, 1 / 255, 8 / 255, 0.3, 2.0]
+    swept = FGSM.over_eps(model, x, y, eps, norm=norm, loss=loss, batch_size=32)
+    assert len(swept) == len(eps)
+    for e, res in zip(eps, swept, strict=True):
+        one = FGSM(eps=e, norm=norm, loss=loss, batch_size=32)(model, x, y)
+        assert torch.equal(res.x_adv, one.x_adv)
+        assert torch.equal(res.success, one.success)
+        assert torch.equal(res.clean_correct, one.clean_correct)
+        assert res.queries == one.queries == 70
+    assert swept[-1].success.sum() > 0  # the comparison is not between two no-ops
+    assert FGSM.over_eps(model, x, y, []) == []
+    with pytest.raises(ValueError, match="eps"):
+        FGSM.over_eps(model, x, y, [0.1, -1.0])
+
+
 def test_same_seed_same_result_and_seeds_matter():
     model = trained_cnn()
     x, y = synthetic_batch(32, 4)
