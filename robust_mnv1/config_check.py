@@ -131,6 +131,10 @@ SCHEMA: dict[str, Rule] = {
     "seed": integer(0, 2**32 - 1),
     "device": pattern(r"auto|cpu|cuda(:\d+)?", "one of auto, cpu, cuda, cuda:N"),
     "cuda_graph": Rule("one of auto, true, false", lambda v: v == "auto" or isinstance(v, bool)),
+    "threads": Rule(
+        "auto or a whole number >= 1",
+        lambda v: v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+    ),
     "cache_dir": TEXT,
     "results_dir": TEXT,
     "study.grid": Rule("null or a list of {alpha, rho} or {alpha, rho, seed} mappings", _is_grid),

@@ -18,6 +18,7 @@ import multiprocessing
 import re
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from robust_mnv1.checkpoint import weights_digest
 from robust_mnv1.cost import layer_costs
 from robust_mnv1.data import Dataset, load_dataset
 from robust_mnv1.envinfo import environment
+from robust_mnv1.filelock import exclusive
 from robust_mnv1.leaderboard import generate
 from robust_mnv1.malloc import keep_freed_memory
 from robust_mnv1.records import config_hash, make_run_id, parse_record, validate_record, write_record
@@ -70,6 +72,23 @@ def unit_configs(cfg: DictConfig) -> list[DictConfig]:
         unit.seed = point.get("seed", cfg.seed)
         units.append(unit)
     return units
+
+
+@dataclass
+class _Stage:
+    """One regime's model of a unit, with what its records share: the standard model's training
+    metadata, layer costs and latency, and the sanity report, made by the regime's first record."""
+
+    regime: str
+    model: torch.nn.Module
+    meta: dict[str, Any]
+    weights: str
+    parent: str | None
+    std_meta: dict[str, Any]
+    costs: Any
+    latency: float | None
+    sanity: dict[str, Any] | None = None
+    sanity_s: float = 0.0
 
 
 class Unit:
@@ -154,90 +173,98 @@ class Unit:
         )
         for regime, (m, m_meta, weights) in stages.items():
             parent = None if regime == "standard" else std_weights
-            self.evaluate(regime, m, m_meta, meta, costs, latency, weights, parent)
+            self.evaluate(_Stage(regime, m, m_meta, weights, parent, meta, costs, latency))
 
-    def evaluate(self, regime, model, meta, std_meta, costs, latency, weights, parent) -> None:
-        cfg, ds, device = self.cfg, self.dataset, self.device
-        sanity, sanity_s = None, 0.0
+    def evaluate(self, stage: _Stage) -> None:
+        """Write every record the stage's model still owes."""
         for attack in self.attacks:
-            if self.done(regime, attack, weights, parent):
+            if self.done(stage.regime, attack, stage.weights, stage.parent):
                 continue
-            t0 = time.perf_counter()
-            n = cfg.eval.n_cw if attack == "cw" else cfg.eval.n_examples
-            x, y = ev.eval_subset(ds.test, n, device, cfg.eval.order)
-            clean = ev.clean_accuracy(model, x, y)
-            ev.check_clean(clean, meta["test_acc"], cfg.eval.max_clean_drop, f"{self.name} {regime}")
-            acfg = cfg.attack[attack]
-            eps_results, cw = [], None
-            if attack == "fgsm":
-                eps_results = ev.run_fgsm(model, x, y, acfg)
-            elif attack == "pgd":
-                eps_results = ev.run_pgd(model, x, y, acfg, cfg.seed)
-            else:
-                cw = ev.run_cw(model, x, y, acfg, cfg.seed)
-            eval_s = time.perf_counter() - t0
-            if sanity is None and cfg.eval.sanity.enabled:
-                t1 = time.perf_counter()
-                xs, ys = ev.eval_subset(ds.test, cfg.eval.sanity.n, device, cfg.eval.order)
-                sanity, sanity_s = (
-                    ev.sanity(model, xs, ys, eps=8 / 255, seed=cfg.seed),
-                    time.perf_counter() - t1,
-                )
-            path, digest = self.path(regime, attack)
-            timing = {
-                "train_s": std_meta["train_seconds"],
-                "finetune_s": meta["train_seconds"] if regime != "standard" else 0.0,
-                "eval_s": eval_s,
-                "sanity_s": sanity_s,
-            }
-            timing["total_s"] = sum(timing.values())
-            record = {
-                "schema_version": 1,
-                "run_id": path.stem,
-                "model": {
-                    "name": self.name,
-                    "alpha": float(cfg.model.alpha),
-                    "rho": float(cfg.model.rho),
-                    "profile": cfg.model.profile,
-                    "input_resolution": model.input_resolution,
-                    "params": int(costs["params"].sum()),
-                    "macs": int(costs["macs"].sum()),
-                    "weights": weights,
-                    **({"parent_weights": parent} if parent else {}),
-                    # Device and precision of the training; evaluation is fp32 (env.device).
-                    "trained_on": {"device": meta.get("device"), "precision": meta.get("precision")},
-                },
-                "regime": regime,
-                "attack": attack,
-                "data": {
-                    "name": ds.name,
-                    "label": ds.label,
-                    "key": slug(ds.label),
-                    "n_train": len(ds.train.y),
-                    "n_test": len(ds.test.y),
-                },
-                "seed": int(cfg.seed),
-                "config": record_config(cfg, regime, attack),
-                "config_hash": digest,
-                "clean": clean,
-                "eps_results": eps_results,
-                "cw": cw,
-                "sanity": sanity or {"passed": True, "flags": [], "reports": []},
-                "timing": timing,
-                "latency_ms_cpu_b1": latency,
-                "env": environment(device),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            }
-            write_record(record, self.runs_dir)
-            log.info(
-                "%s %s %s: clean %.3f, %.0f s -> %s",
-                self.name,
-                regime,
-                attack,
-                clean["accuracy"],
-                eval_s,
-                path,
-            )
+            path, _ = self.path(stage.regime, attack)
+            # Parallel runs of one experiment evaluate each record once: a run that waited for the
+            # lock finds the record written by the one that held it.
+            with exclusive(path.with_name(f".{path.name}.lock")):
+                if not self.done(stage.regime, attack, stage.weights, stage.parent):
+                    self._evaluate_one(stage, attack)
+
+    def _evaluate_one(self, stage: _Stage, attack: str) -> None:
+        """Attack the stage's model with one family and write the record."""
+        cfg, ds, device = self.cfg, self.dataset, self.device
+        regime, model, meta, std_meta = stage.regime, stage.model, stage.meta, stage.std_meta
+        t0 = time.perf_counter()
+        n = cfg.eval.n_cw if attack == "cw" else cfg.eval.n_examples
+        x, y = ev.eval_subset(ds.test, n, device, cfg.eval.order)
+        clean = ev.clean_accuracy(model, x, y)
+        ev.check_clean(clean, meta["test_acc"], cfg.eval.max_clean_drop, f"{self.name} {regime}")
+        acfg = cfg.attack[attack]
+        eps_results, cw = [], None
+        if attack == "fgsm":
+            eps_results = ev.run_fgsm(model, x, y, acfg)
+        elif attack == "pgd":
+            eps_results = ev.run_pgd(model, x, y, acfg, cfg.seed)
+        else:
+            cw = ev.run_cw(model, x, y, acfg, cfg.seed)
+        eval_s = time.perf_counter() - t0
+        if stage.sanity is None and cfg.eval.sanity.enabled:
+            t1 = time.perf_counter()
+            xs, ys = ev.eval_subset(ds.test, cfg.eval.sanity.n, device, cfg.eval.order)
+            stage.sanity = ev.sanity(model, xs, ys, eps=8 / 255, seed=cfg.seed)
+            stage.sanity_s = time.perf_counter() - t1
+        path, digest = self.path(regime, attack)
+        timing = {
+            "train_s": std_meta["train_seconds"],
+            "finetune_s": meta["train_seconds"] if regime != "standard" else 0.0,
+            "eval_s": eval_s,
+            "sanity_s": stage.sanity_s,
+        }
+        timing["total_s"] = sum(timing.values())
+        record = {
+            "schema_version": 1,
+            "run_id": path.stem,
+            "model": {
+                "name": self.name,
+                "alpha": float(cfg.model.alpha),
+                "rho": float(cfg.model.rho),
+                "profile": cfg.model.profile,
+                "input_resolution": model.input_resolution,
+                "params": int(stage.costs["params"].sum()),
+                "macs": int(stage.costs["macs"].sum()),
+                "weights": stage.weights,
+                **({"parent_weights": stage.parent} if stage.parent else {}),
+                # Device and precision of the training; evaluation is fp32 (env.device).
+                "trained_on": {"device": meta.get("device"), "precision": meta.get("precision")},
+            },
+            "regime": regime,
+            "attack": attack,
+            "data": {
+                "name": ds.name,
+                "label": ds.label,
+                "key": slug(ds.label),
+                "n_train": len(ds.train.y),
+                "n_test": len(ds.test.y),
+            },
+            "seed": int(cfg.seed),
+            "config": record_config(cfg, regime, attack),
+            "config_hash": digest,
+            "clean": clean,
+            "eps_results": eps_results,
+            "cw": cw,
+            "sanity": stage.sanity or {"passed": True, "flags": [], "reports": []},
+            "timing": timing,
+            "latency_ms_cpu_b1": stage.latency,
+            "env": environment(device),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        write_record(record, self.runs_dir)
+        log.info(
+            "%s %s %s: clean %.3f, %.0f s -> %s",
+            self.name,
+            regime,
+            attack,
+            clean["accuracy"],
+            eval_s,
+            path,
+        )
 
 
 def run_unit(cfg: DictConfig, device_name: str, threads: int | None) -> None:

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
+import torch
 from omegaconf import DictConfig
 
 from robust_mnv1.data import load_dataset
+from robust_mnv1.threads import choose_threads
 from robust_mnv1.zoo import cache_root, resolve_device, standard_model
+
+log = logging.getLogger(__name__)
 
 
 def train_task(cfg: DictConfig) -> float:
@@ -14,11 +20,15 @@ def train_task(cfg: DictConfig) -> float:
     dataset = load_dataset(cfg.data, cache_root(cfg) / "data")
     model, meta = standard_model(cfg, dataset, device)
     how = f"trained in {meta['train_seconds']:.1f} s" if meta["trained"] else "from the cache"
-    print(f"{model.name} on {dataset.label}: test accuracy {meta['test_acc']:.4f} ({how}, {device})")
+    acc = meta["test_acc"]
+    log.info("%s on %s: test accuracy %.4f (%s, %s)", model.name, dataset.label, acc, how, device)
     return meta["test_acc"]
 
 
 def run_task(cfg: DictConfig) -> float:
     from robust_mnv1.study import study_task
 
+    threads = choose_threads(cfg.threads)
+    torch.set_num_threads(threads)
+    log.info("%d torch CPU thread(s) (threads=%s)", threads, cfg.threads)
     return {"train": train_task, "study": study_task}[cfg.task](cfg)

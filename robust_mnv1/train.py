@@ -12,12 +12,10 @@ and the LR is a pure function of the step.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import math
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +29,7 @@ from robust_mnv1.checkpoint import load_checkpoint, load_state, require_meta, sa
 from robust_mnv1.data import DeviceLoader, Split
 from robust_mnv1.envinfo import device_name
 from robust_mnv1.errors import UserError
+from robust_mnv1.filelock import exclusive
 from robust_mnv1.optim import TensorLRSGD
 from robust_mnv1.step import CapturedStep, EagerStep, autocast_for, precision_for
 
@@ -104,7 +103,8 @@ def fit(
     (:class:`robust_mnv1.step.CapturedStep`); it needs a CUDA ``device``.
     """
     # Epoch lines go to the log (so to Hydra's run.log too); on the console they print above the bars.
-    with _exclusive(Path(run_dir)), cudnn_autotuning(device.type == "cuda"), logging_redirect_tqdm():
+    # The lock makes parallel sweep jobs that need one model train it once: the others wait, then load it.
+    with exclusive(Path(run_dir) / ".lock"), cudnn_autotuning(device.type == "cuda"), logging_redirect_tqdm():
         return _fit(
             model,
             train,
@@ -132,21 +132,6 @@ def cudnn_autotuning(on: bool):
     return cudnn.flags(
         enabled=cudnn.enabled, benchmark=on, deterministic=cudnn.deterministic, allow_tf32=cudnn.allow_tf32
     )
-
-
-@contextmanager
-def _exclusive(run_dir: Path):
-    """Hold a lock on ``run_dir`` so parallel sweep jobs needing one model train it once.
-
-    The second job blocks until the first has written ``final.safetensors``, then loads it.
-    """
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / ".lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _fit(
@@ -273,7 +258,7 @@ def _fit(
 
 def _drop_partial(run_dir: Path) -> None:
     """Delete what a killed run can leave beside ``final``: the last epoch's checkpoint, half-written
-    temp files. Safe under :func:`_exclusive`'s lock, which every writer of ``run_dir`` holds."""
+    temp files. Safe under the run directory's lock, which every writer of ``run_dir`` holds."""
     last = run_dir / "last.safetensors"
     for stale in (last, sidecar(last), *run_dir.glob(".*.tmp")):
         stale.unlink(missing_ok=True)

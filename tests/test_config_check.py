@@ -136,6 +136,8 @@ BAD = [
     ("task=bogus", "task must be one of train, study, got 'bogus'"),
     ("device=tpu", "device must be one of auto, cpu, cuda, cuda:N, got 'tpu'"),
     ("cuda_graph=maybe", "cuda_graph must be one of auto, true, false, got 'maybe'"),
+    ("threads=0", "threads must be auto or a whole number >= 1, got 0"),
+    ("threads=many", "threads must be auto or a whole number >= 1, got 'many'"),
     ("cuda_graph=true", "cuda_graph=true needs a CUDA device, but device=cpu"),
     ("cache_dir=''", "cache_dir must be a non-empty string, got ''"),
     ("+model.foo=1", "unknown key model.foo; valid keys under model: alpha, num_classes, profile, rho"),

@@ -1,5 +1,8 @@
 """The study end to end on digits: records, leaderboard, model cache, resume, parallel sweeps."""
 
+import re
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import torch
 
@@ -177,6 +180,22 @@ def test_parallel_joblib_sweep_leaves_consistent_records(smoke, tmp_path):
     for f in files:
         validate_record(parse_record(f.read_text()))
     assert not list((results / "runs").glob(".*tmp"))
+
+
+def test_two_runs_of_one_experiment_write_each_record_once(smoke, tmp_path):
+    root, _ = smoke
+    runs = tmp_path / "results" / "runs"
+    args = [*FAST, "study.grid=null", f"results_dir={runs.parent}"]
+
+    def one(i):
+        return run([*args, f"hydra.run.dir={tmp_path}/out{i}"], root / "cache")
+
+    with ThreadPoolExecutor(2) as pool:
+        procs = list(pool.map(one, (0, 1)))
+    # Each record is logged by the run that wrote it; the run that waited for its lock finds it done.
+    written = [f for p in procs for f in re.findall(r"(\S+\.json)$", p.stdout + p.stderr, re.MULTILINE)]
+    assert sorted(written) == sorted(str(f) for f in runs.glob("*.json"))
+    assert len(written) == 6  # 2 regimes x 3 attacks, each once
 
 
 class Killed(Exception):
