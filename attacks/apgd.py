@@ -21,17 +21,16 @@ sample's iterates depend only on its own losses.
 
 from __future__ import annotations
 
-from abc import abstractmethod
 from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
 
-from attacks.base import Attack
-from attacks.losses import ce_loss, dlr_loss, targeted_dlr_loss, value_and_grad
-from attacks.projection import NORMS, ascent_step, project_to_box, random_in_ball
-from attacks.validation import check_bool, check_choice, check_float, check_int
-from attacks.working_set import CHECK_EVERY, COMPACT_FRACTION, WorkingSet
+from attacks.fixed_eps import IterativeAttack, RunLoss
+from attacks.losses import ce_loss, dlr_loss, targeted_dlr_loss
+from attacks.projection import ascent_step, project_to_box
+from attacks.validation import check_int
+from attacks.working_set import BestIterateSet
 
 # Momentum: the weight of the new gradient step against the last move (the paper's α).
 MOMENTUM = 0.75
@@ -47,8 +46,6 @@ UNTARGETED_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor
     "ce": ce_loss,
     "dlr": dlr_loss,
 }
-# Loss of one run from the logits and the working set, whose labels (and targets) are its rows'.
-RunLoss = Callable[[torch.Tensor, WorkingSet], torch.Tensor]
 
 
 def checkpoints(steps: int) -> list[int]:
@@ -63,105 +60,13 @@ def checkpoints(steps: int) -> list[int]:
     return sorted(wj for wj in w if 0 < wj < steps)
 
 
-class _AutoPGD(Attack):
-    """What APGD and APGD-T share: the threat model, budget, starts and the APGD run itself."""
+class _AutoPGD(IterativeAttack):
+    """What APGD and APGD-T share: the APGD run itself."""
 
-    def __init__(
-        self,
-        *,
-        eps: float,
-        norm: str,
-        steps: int,
-        restarts: int,
-        random_start: bool,
-        batch_size: int,
-        seed: int,
-    ) -> None:
-        super().__init__(batch_size=batch_size)
-        self.eps = check_float("eps", eps)
-        self.norm = check_choice("norm", norm, NORMS)
-        self.steps = check_int("steps", steps, minimum=1)
-        self.restarts = check_int("restarts", restarts, minimum=1)
-        self.random_start = check_bool("random_start", random_start)
-        self.seed = check_int("seed", seed, minimum=0)
-        if self.restarts > 1 and not self.random_start:
-            raise ValueError("restarts > 1 needs random_start=True: restarting from x repeats the same run")
-
-    @property
-    def random_seed(self) -> int | None:
-        """The seed when starts are random, else None."""
-        return self.seed if self.random_start else None
-
-    def _constrain(self, x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
-        return project_to_box(x, x_adv, self.eps, self.norm)
-
-    @abstractmethod
-    def _objectives(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor
-    ) -> Iterator[tuple[RunLoss, torch.Tensor | None]]:
-        """The losses to run ``restarts`` times each, in order, with the per-sample targets they need."""
-
-    def _native(
-        self,
-        model: nn.Module,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        todo: torch.Tensor,
-        generator: torch.Generator | None,
-    ) -> torch.Tensor:
-        best = x.clone()
-        if self.eps == 0:
-            return best
-        # Samples not to attack count as done from the start.
-        found = ~todo
-        best_loss = torch.full((x.shape[0],), float("-inf"), device=x.device)
-        for loss_fn, targets in self._objectives(model, x, y):
-            for _ in range(self.restarts):
-                active = (~found).nonzero().squeeze(1)
-                if active.numel() == 0:
-                    return best
-                extra = {} if targets is None else {"target": targets[active]}
-                ws = WorkingSet(
-                    active,
-                    {"best": best, "found": found, "loss": best_loss},
-                    x0=x[active],
-                    y=y[active],
-                    **extra,
-                )
-                self._run_once(model, ws, loss_fn, generator)
-        return best
-
-    def _run_once(
-        self, model: nn.Module, ws: WorkingSet, loss_fn: RunLoss, generator: torch.Generator | None
-    ) -> None:
-        """One APGD run on the samples of ``ws``; its results land in the chunk-wide tensors."""
-        if self.random_start:
-            assert generator is not None
-            noise = random_in_ball(
-                ws.x0.shape, self.eps, self.norm, generator=generator, dtype=ws.x0.dtype, device=ws.x0.device
-            )
-            ws.xa = (ws.x0 + noise).clamp(0.0, 1.0)
-        else:
-            ws.xa = ws.x0.clone()
+    def _run_once(self, model: nn.Module, ws: BestIterateSet, loss_fn: RunLoss) -> None:
+        """One APGD run (Algorithm 1) from ``ws.xa``; see the module docstring."""
         shape = (-1, *([1] * (ws.x0.dim() - 1)))
-
-        def evaluate(with_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-            """Loss at ``ws.xa`` (and its gradient); records the sample's best point and success."""
-            if with_grad:
-                logits, loss, grad = value_and_grad(model, ws.xa, ws.y, lambda z, _: loss_fn(z, ws))
-            else:
-                with torch.no_grad():
-                    logits = model(ws.xa)
-                    loss, grad = loss_fn(logits, ws), None
-            is_adv = logits.argmax(dim=1) != ws.y
-            # Keep the first adversarial iterate; until then, the highest-loss one.
-            take = ~ws.found & (is_adv | (loss > ws.loss))
-            ws.best = torch.where(take.view(shape), ws.xa, ws.best)
-            ws.loss = torch.where(take, loss, ws.loss)
-            ws.found = ws.found | is_adv
-            return loss, grad
-
-        ws.f, ws.grad = evaluate(with_grad=True)
+        ws.f, ws.grad = self._evaluate(model, ws, loss_fn, with_grad=True)
         # This run's highest-loss point (where a halving restarts from) and its gradient.
         ws.x_max, ws.f_max, ws.grad_max = ws.xa, ws.f, ws.grad
         ws.x_prev = ws.xa
@@ -180,7 +85,7 @@ class _AutoPGD(Attack):
                 move = MOMENTUM * (z - ws.xa) + (1.0 - MOMENTUM) * (ws.xa - ws.x_prev)
                 z = project_to_box(ws.x0, ws.xa + move, self.eps, self.norm)
             ws.x_prev, ws.xa = ws.xa, z
-            f, grad = evaluate(with_grad=k < self.steps)
+            f, grad = self._evaluate(model, ws, loss_fn, with_grad=k < self.steps)
             if k == self.steps:
                 break
             ws.n_up = ws.n_up + (f > ws.f).float()
@@ -199,10 +104,8 @@ class _AutoPGD(Attack):
                 ws.f = torch.where(halve, ws.f_max, ws.f)
                 ws.halved, ws.f_max_check, ws.n_up = halve, ws.f_max, torch.zeros_like(ws.n_up)
                 last_mark = k
-            if k % CHECK_EVERY == 0:
-                keep = (~ws.found).nonzero().squeeze(1)
-                if not ws.compact(keep, min_fraction=COMPACT_FRACTION):
-                    return
+            if not ws.drop_found(k):
+                return
         ws.store()
 
 
@@ -243,10 +146,10 @@ class APGD(_AutoPGD):
             steps=steps,
             restarts=restarts,
             random_start=random_start,
-            batch_size=batch_size,
             seed=seed,
+            batch_size=batch_size,
         )
-        self.loss = check_choice("loss", loss, tuple(UNTARGETED_LOSSES))
+        self.loss = self._check_loss(loss, UNTARGETED_LOSSES)
 
     def _check_num_classes(self, num_classes: int) -> None:
         if self.loss == "dlr" and num_classes < 3:
@@ -292,8 +195,8 @@ class APGDT(_AutoPGD):
             steps=steps,
             restarts=restarts,
             random_start=random_start,
-            batch_size=batch_size,
             seed=seed,
+            batch_size=batch_size,
         )
         self.n_target_classes = check_int("n_target_classes", n_target_classes, minimum=1)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import ClassVar
 
 import numpy as np
@@ -77,13 +77,16 @@ def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.
 class Attack(ABC):
     """Base class of the attacks: shared validation, model hygiene, chunking and result assembly.
 
-    Subclasses implement :meth:`_native` (and the peer backends map them in ``attacks.backends``).
-    Samples that the model misclassifies on clean input are not attacked by the native backend: they
-    come back unchanged, as they already count as non-robust.
+    Subclasses implement :meth:`_native`, and map themselves onto the peer libraries they list in
+    ``peers``. Samples that the model misclassifies on clean input are not attacked by the native
+    backend: they come back unchanged, as they already count as non-robust.
     """
 
     name: ClassVar[str]
     minimization: ClassVar[bool] = False
+    # Peer backend name -> the adapter that runs this attack there (``attacks.backends``). The attack
+    # classes name their adapters, so that this module imports no backend and no backend an attack.
+    peers: ClassVar[Mapping[str, Callable[..., torch.Tensor]]] = {}
 
     def __init__(self, *, backend: str = "native", batch_size: int = 512) -> None:
         self.backend = check_choice("backend", backend, BACKENDS)
@@ -210,11 +213,10 @@ class Attack(ABC):
         """Adversarial images for one chunk, from the configured backend."""
         if self.backend == "native":
             return self._native(model, x, y, todo, generator)
-        if self.backend == "foolbox":
-            from attacks.backends import foolbox as peer
-        else:
-            from attacks.backends import art as peer  # type: ignore[no-redef]
-        return peer.run(self, model, x, y, num_classes)
+        run = self.peers.get(self.backend)
+        if run is None:
+            raise ValueError(f"backend={self.backend!r} does not support {type(self).__name__}")
+        return run(self, model, x, y, num_classes)
 
     @abstractmethod
     def _native(

@@ -25,10 +25,12 @@ smaller distances for the same step budget; the comparison with foolbox's C&W (`
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
 
+from attacks.backends import PEERS
 from attacks.base import Attack
 from attacks.losses import other_max
 from attacks.validation import check_float, check_int
@@ -103,6 +105,7 @@ class CarliniWagnerL2(Attack):
 
     name = "CarliniWagnerL2"
     minimization = True
+    peers = PEERS
 
     def __init__(
         self,
@@ -124,6 +127,36 @@ class CarliniWagnerL2(Attack):
 
     def _constrain(self, x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
         return x_adv.clamp(0.0, 1.0)
+
+    def _foolbox_attack(self) -> tuple[Any, None]:
+        """foolbox's C&W with the same budget; it minimises the distance, so it takes no epsilon."""
+        import foolbox as fb
+
+        fb_attack = fb.attacks.L2CarliniWagnerAttack(
+            binary_search_steps=self.binary_search_steps,
+            steps=self.steps,
+            stepsize=self.lr,
+            confidence=self.confidence,
+            initial_const=self.initial_const,
+            abort_early=True,
+        )
+        return fb_attack, None
+
+    def _art_attack(self, classifier: Any, batch_size: int) -> Any:
+        """ART's C&W with the same budget (optimised by line-searched gradient descent, not Adam)."""
+        from art.attacks.evasion import CarliniL2Method
+
+        return CarliniL2Method(
+            classifier,
+            confidence=self.confidence,
+            targeted=False,
+            learning_rate=self.lr,
+            binary_search_steps=self.binary_search_steps,
+            max_iter=self.steps,
+            initial_const=self.initial_const,
+            batch_size=batch_size,
+            verbose=False,
+        )
 
     def _native(
         self,

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from attacks.base import Attack, QueryCounter, model_hygiene
+from attacks.backends import PEERS
+from attacks.backends.art import ART_NORMS
+from attacks.base import QueryCounter, model_hygiene
+from attacks.fixed_eps import FixedEpsAttack
 from attacks.losses import LOSSES, value_and_grad
-from attacks.projection import NORMS, ascent_step, project_to_box
+from attacks.projection import ascent_step
 from attacks.result import AttackResult
-from attacks.validation import check_choice, check_float, validate_inputs
+from attacks.validation import validate_inputs
 
 
-class FGSM(Attack):
+class FGSM(FixedEpsAttack):
     """One-step attack: ``x + eps·sign(∇loss)`` (linf) or ``x + eps·∇loss/‖∇loss‖₂`` (l2), clipped to [0, 1].
 
     Args:
@@ -28,6 +32,7 @@ class FGSM(Attack):
     """
 
     name = "FGSM"
+    peers = PEERS
 
     def __init__(
         self,
@@ -38,15 +43,8 @@ class FGSM(Attack):
         backend: str = "native",
         batch_size: int = 512,
     ) -> None:
-        super().__init__(backend=backend, batch_size=batch_size)
-        self.eps = check_float("eps", eps)
-        self.norm = check_choice("norm", norm, NORMS)
-        self.loss = check_choice("loss", loss, tuple(LOSSES))
-        if self.loss != "ce" and self.backend != "native":
-            raise ValueError(
-                f"loss={loss!r} is not available with backend={backend!r}: that library's fast gradient "
-                "method only uses cross-entropy; use backend='native'"
-            )
+        super().__init__(eps=eps, norm=norm, backend=backend, batch_size=batch_size)
+        self.loss = self._check_loss(loss, LOSSES)
 
     @classmethod
     def over_eps(
@@ -108,5 +106,22 @@ class FGSM(Attack):
     ) -> torch.Tensor:
         return self._step(x, self._direction(model, x, y), todo)
 
-    def _constrain(self, x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
-        return project_to_box(x, x_adv, self.eps, self.norm)
+    def _foolbox_attack(self) -> tuple[Any, float]:
+        """foolbox's fast gradient attack for the norm, from ``x`` itself."""
+        import foolbox as fb
+
+        fgm = fb.attacks.LinfFastGradientAttack if self.norm == "linf" else fb.attacks.L2FastGradientAttack
+        return fgm(random_start=False), self.eps
+
+    def _art_attack(self, classifier: Any, batch_size: int) -> Any:
+        """ART's fast gradient method for the norm."""
+        from art.attacks.evasion import FastGradientMethod
+
+        # ART insists on a positive eps_step even though plain FGM never reads it.
+        return FastGradientMethod(
+            classifier,
+            norm=ART_NORMS[self.norm],
+            eps=self.eps,
+            eps_step=self.eps or 1.0,
+            batch_size=batch_size,
+        )

@@ -61,3 +61,39 @@ class WorkingSet:
             if isinstance(value, torch.Tensor):
                 setattr(self, name, value[keep])
         return True
+
+
+class BestIterateSet(WorkingSet):
+    """The working set of a fixed-budget attack that maximises a loss (PGD, APGD).
+
+    Per sample it keeps ``best``, the first adversarial point found and, until there is one, the
+    highest-loss point; ``loss``, that point's loss; and ``found``, whether the sample is broken. These
+    are the result tensors, written back into the chunk-wide ``best``, ``found`` and ``loss``.
+    """
+
+    def __init__(
+        self,
+        idx: torch.Tensor,
+        *,
+        best: torch.Tensor,
+        found: torch.Tensor,
+        loss: torch.Tensor,
+        **tensors: torch.Tensor,
+    ) -> None:
+        super().__init__(idx, {"best": best, "found": found, "loss": loss}, **tensors)
+
+    def record(self, point: torch.Tensor, loss: torch.Tensor, is_adv: torch.Tensor) -> None:
+        """Take ``point`` as the best of the samples it breaks first, or whose loss it raises before that."""
+        take = ~self.found & (is_adv | (loss > self.loss))
+        self.best = torch.where(take.view(-1, *([1] * (point.dim() - 1))), point, self.best)
+        self.loss = torch.where(take, loss, self.loss)
+        self.found = self.found | is_adv
+
+    def drop_found(self, step: int) -> bool:
+        """At every ``CHECK_EVERY``-th step, drop the broken samples (see :meth:`WorkingSet.compact`).
+
+        False once no sample is left, which ends the run.
+        """
+        if step % CHECK_EVERY:
+            return True
+        return self.compact((~self.found).nonzero().squeeze(1), min_fraction=COMPACT_FRACTION)

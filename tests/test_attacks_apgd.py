@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-import attacks.apgd
+import attacks.working_set
 from attacks import APGD, APGDT, PGD
 from attacks.apgd import checkpoints
 from attacks.losses import dlr_loss, targeted_dlr_loss
@@ -189,7 +189,7 @@ def test_early_exit_changes_no_trajectory(monkeypatch, norm):
         APGDT(eps=eps, norm=norm, steps=10, n_target_classes=3),
     ):
         exiting = attack(model, x, y)
-        monkeypatch.setattr(attacks.apgd, "CHECK_EVERY", 10**9)
+        monkeypatch.setattr(attacks.working_set, "CHECK_EVERY", 10**9)
         full = attack(model, x, y)
         monkeypatch.undo()
         assert torch.equal(exiting.x_adv, full.x_adv)

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from attacks import APGD, APGDT, FGSM, PGD, AttackResult, CarliniWagnerL2, worst_case
+from attacks.fixed_eps import FixedEpsAttack
 from tests._attack_models import seeded, single_thread, synthetic_batch, tiny_cnn, trained_cnn
 
 pytestmark = pytest.mark.usefixtures(single_thread.__name__)
@@ -76,6 +77,22 @@ def test_constructors_are_keyword_only():
 def test_peer_backends_refuse_margin_loss_instead_of_ignoring_it(cls, backend):
     with pytest.raises(ValueError, match="margin.*" + backend):
         cls(eps=0.1, loss="margin", backend=backend)
+
+
+class _NativeOnly(FixedEpsAttack):
+    """A fixed-eps attack that maps onto no peer library."""
+
+    name = "NativeOnly"
+
+    def _native(self, model, x, y, todo, generator):
+        return x
+
+
+@pytest.mark.parametrize("backend", ["foolbox", "art"])
+def test_a_peer_backend_the_attack_does_not_map_onto_raises_naming_both(backend):
+    x, y = synthetic_batch(4, 0)
+    with pytest.raises(ValueError, match=f"backend='{backend}' does not support _NativeOnly"):
+        _NativeOnly(eps=0.1, norm="linf", backend=backend)(tiny_cnn(), x, y)
 
 
 def _bad_inputs():

@@ -1,6 +1,7 @@
-"""Run FGSM, PGD and C&W through the Adversarial Robustness Toolbox (ART), returning adversarial images.
+"""Run an attack through the Adversarial Robustness Toolbox (ART), returning adversarial images.
 
-Mapping and the ART behaviours that change numbers:
+The attack builds ART's attack on the classifier made here (``_art_attack``); the ART behaviours that
+change numbers:
 
 * The model is wrapped in ``PyTorchClassifier(loss=CrossEntropyLoss(), input_shape, nb_classes,
   clip_values=(0, 1))``. Its gradient calls put the model in eval mode and leave it there, call
@@ -24,22 +25,29 @@ Mapping and the ART behaviours that change numbers:
 from __future__ import annotations
 
 import contextlib
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
-from attacks.base import Attack
+# ART's ``norm`` argument for each of our norms.
+ART_NORMS = {"linf": np.inf, "l2": 2}
 
 
-def run(attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+class ArtAttack(Protocol):
+    """An attack that ART can run."""
+
+    def _art_attack(self, classifier: Any, batch_size: int) -> Any | None:
+        """ART's attack on ``classifier`` with this attack's settings, or None where ``x`` is the answer."""
+        ...
+
+
+def run(
+    attack: ArtAttack, model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int
+) -> torch.Tensor:
     """Adversarial images for ``x`` from the ART attack matching ``attack``'s settings."""
-    from art.attacks.evasion import CarliniL2Method, FastGradientMethod, ProjectedGradientDescentPyTorch
     from art.estimators.classification import PyTorchClassifier
-
-    from attacks.cw import CarliniWagnerL2
-    from attacks.fgsm import FGSM
-    from attacks.pgd import PGD
 
     device_scope = torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext()
     with device_scope:
@@ -51,40 +59,9 @@ def run(attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_
             clip_values=(0.0, 1.0),
             device_type="gpu" if x.device.type == "cuda" else "cpu",
         )
-    norm = np.inf if getattr(attack, "norm", "l2") == "linf" else 2
-    n = int(x.shape[0])
-    if isinstance(attack, FGSM):
-        # ART insists on a positive eps_step even though plain FGM never reads it.
-        art_attack = FastGradientMethod(
-            classifier, norm=norm, eps=attack.eps, eps_step=attack.eps or 1.0, batch_size=n
-        )
-    elif isinstance(attack, PGD):
-        if attack.eps == 0:
-            return x.clone()
-        art_attack = ProjectedGradientDescentPyTorch(
-            classifier,
-            norm=norm,
-            eps=attack.eps,
-            eps_step=attack.step_size,
-            max_iter=attack.steps,
-            num_random_init=attack.restarts if attack.random_start else 0,
-            batch_size=n,
-            verbose=False,
-        )
-    elif isinstance(attack, CarliniWagnerL2):
-        art_attack = CarliniL2Method(
-            classifier,
-            confidence=attack.confidence,
-            targeted=False,
-            learning_rate=attack.lr,
-            binary_search_steps=attack.binary_search_steps,
-            max_iter=attack.steps,
-            initial_const=attack.initial_const,
-            batch_size=n,
-            verbose=False,
-        )
-    else:
-        raise ValueError(f"backend='art' does not support {type(attack).__name__}")
+    art_attack = attack._art_attack(classifier, int(x.shape[0]))
+    if art_attack is None:
+        return x.clone()
     x_np = x.detach().cpu().numpy().astype(np.float32)
     x_adv = art_attack.generate(x=x_np, y=y.cpu().numpy())
     return torch.from_numpy(np.asarray(x_adv, dtype=np.float32)).to(device=x.device, dtype=x.dtype)

@@ -1,6 +1,7 @@
-"""Run FGSM, PGD and C&W through foolbox 3 (``foolbox.attacks``), returning plain adversarial images.
+"""Run an attack through foolbox 3 (``foolbox.attacks``), returning plain adversarial images.
 
-Mapping and the foolbox behaviours that change numbers:
+The attack names foolbox's attack and epsilon (``_foolbox_attack``); the foolbox behaviours that change
+numbers:
 
 * ``PyTorchModel(model, bounds=(0, 1))`` does not switch the model to eval mode (it only warns when it
   is training); the :class:`~attacks.base.Attack` base does that and restores the caller's mode.
@@ -20,52 +21,28 @@ Mapping and the foolbox behaviours that change numbers:
 
 from __future__ import annotations
 
+from typing import Any, Protocol
+
 import torch
 from torch import nn
 
-from attacks.base import Attack
+
+class FoolboxAttack(Protocol):
+    """An attack that foolbox can run."""
+
+    def _foolbox_attack(self) -> tuple[Any, float | None]:
+        """foolbox's attack with this attack's settings, and its epsilon (None for a minimization attack)."""
+        ...
 
 
-def run(attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+def run(
+    attack: FoolboxAttack, model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int
+) -> torch.Tensor:
     """Adversarial images for ``x`` from the foolbox attack matching ``attack``'s settings."""
     import foolbox as fb
 
-    from attacks.cw import CarliniWagnerL2
-    from attacks.fgsm import FGSM
-    from attacks.pgd import PGD
-
     fmodel = fb.PyTorchModel(model, bounds=(0.0, 1.0), device=x.device)
-    linf = getattr(attack, "norm", "l2") == "linf"
-    epsilon: float | None
-    if isinstance(attack, FGSM):
-        fb_attack = (fb.attacks.LinfFastGradientAttack if linf else fb.attacks.L2FastGradientAttack)(
-            random_start=False
-        )
-        epsilon = attack.eps
-    elif isinstance(attack, PGD):
-        pgd_cls = (
-            fb.attacks.LinfProjectedGradientDescentAttack
-            if linf
-            else fb.attacks.L2ProjectedGradientDescentAttack
-        )
-        fb_attack = pgd_cls(
-            abs_stepsize=attack.step_size, steps=attack.steps, random_start=attack.random_start
-        )
-        if attack.restarts > 1:
-            fb_attack = fb_attack.repeat(attack.restarts)
-        epsilon = attack.eps
-    elif isinstance(attack, CarliniWagnerL2):
-        fb_attack = fb.attacks.L2CarliniWagnerAttack(
-            binary_search_steps=attack.binary_search_steps,
-            steps=attack.steps,
-            stepsize=attack.lr,
-            confidence=attack.confidence,
-            initial_const=attack.initial_const,
-            abort_early=True,
-        )
-        epsilon = None
-    else:
-        raise ValueError(f"backend='foolbox' does not support {type(attack).__name__}")
+    fb_attack, epsilon = attack._foolbox_attack()
     _, x_adv, _ = fb_attack(fmodel, x, y, epsilons=epsilon)
     if epsilon is None:
         never_broken = (x_adv.flatten(1) == 0).all(dim=1)
