@@ -17,5 +17,16 @@ from attacks.cw import CarliniWagnerL2
 from attacks.fgsm import FGSM
 from attacks.pgd import PGD
 from attacks.result import AttackResult, worst_case
+from attacks.square import Square
 
-__all__ = ["APGD", "APGDT", "FGSM", "PGD", "AttackResult", "CarliniWagnerL2", "checks", "worst_case"]
+__all__ = [
+    "APGD",
+    "APGDT",
+    "FGSM",
+    "PGD",
+    "AttackResult",
+    "CarliniWagnerL2",
+    "Square",
+    "checks",
+    "worst_case",
+]
