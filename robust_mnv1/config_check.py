@@ -161,6 +161,11 @@ SCHEMA: dict[str, Rule] = {
     "attack.pgd.loss": choice(*PGD_LOSSES),
     "attack.pgd.margin_at_255": list_of(EPS_255, empty=True),
     "attack.pgd.batch_size": COUNT,
+    "attack.apgd.eps_255": list_of(EPS_255),
+    "attack.apgd.ce_steps": COUNT,
+    "attack.apgd.targeted_steps": COUNT,
+    "attack.apgd.n_target_classes": integer(1, 9),
+    "attack.apgd.batch_size": COUNT,
     "attack.cw.steps": COUNT,
     "attack.cw.binary_search_steps": COUNT,
     "attack.cw.confidence": number(0),
@@ -267,11 +272,32 @@ def _check_adversaries(v: dict[str, Any]) -> None:
             f"attack.pgd.restarts={v['attack.pgd.restarts']} needs attack.pgd.random_start=true: "
             "restarting from the clean image repeats the same run"
         )
+    if "attack.apgd.eps_255" in v:
+        _check_apgd(v)
     unused = set(v.get("attack.pgd.margin_at_255", [])) - set(v.get("attack.pgd.eps_255", []))
     if unused:
         raise UserError(
             f"attack.pgd.margin_at_255 must be among attack.pgd.eps_255 {v['attack.pgd.eps_255']}, "
             f"got {sorted(unused)}"
+        )
+
+
+def _check_apgd(v: dict[str, Any]) -> None:
+    """APGD attacks what FGSM and PGD left robust, so both must run, at each of its eps."""
+    for family in ("fgsm", "pgd"):
+        if f"attack.{family}.eps_255" not in v:
+            raise UserError(f"attack.apgd attacks what {family} left robust: add it (attack=all has both)")
+        missing = set(v["attack.apgd.eps_255"]) - set(v[f"attack.{family}.eps_255"])
+        if missing:
+            raise UserError(
+                f"attack.apgd.eps_255 must be among attack.{family}.eps_255 {v[f'attack.{family}.eps_255']}, "
+                f"got {sorted(missing)}"
+            )
+    k, classes = v["attack.apgd.n_target_classes"], v["data.num_classes"]
+    if k >= classes:
+        raise UserError(
+            f"attack.apgd.n_target_classes={k} needs more classes than the data's {classes}: "
+            f"use at most {classes - 1}"
         )
 
 

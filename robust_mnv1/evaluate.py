@@ -15,10 +15,10 @@ import torch
 from omegaconf import DictConfig
 
 import attacks
-from attacks import FGSM, PGD, CarliniWagnerL2
+from attacks import APGD, APGDT, FGSM, PGD, CarliniWagnerL2
 from robust_mnv1.data import Split
 from robust_mnv1.errors import UserError
-from robust_mnv1.records import encode_mask
+from robust_mnv1.records import decode_mask, encode_mask
 from robust_mnv1.stats import bootstrap_ci, wilson_ci
 
 # The evaluation order's shuffle is the same for every model, seed and run, so that all records of a
@@ -168,6 +168,55 @@ def run_pgd(model, x, y, acfg: DictConfig, seed: int) -> list[dict]:
             robust[idx] = survived
         out.append(_eps_entry("pgd", e, loss, robust))
         alive = robust
+    return out
+
+
+def survivors(records: list[dict], eps_255: float, n: int) -> torch.Tensor:
+    """The images every L-inf entry of ``records`` at ``eps_255`` left robust (per-sample AND), as a
+    bool[n] mask; the records must hold at least one entry there, each over the same n images."""
+    masks = [
+        decode_mask(e["robust_mask"], e["n"])
+        for r in records
+        for e in r["eps_results"]
+        if e["norm"] == "linf" and e["eps_255"] == eps_255
+    ]
+    if not masks or any(len(m) != n for m in masks):
+        raise ValueError(f"the records hold no entries over {n} images at eps {eps_255}/255 to build on")
+    return torch.from_numpy(np.logical_and.reduce(masks))
+
+
+def apgd_stages(acfg: DictConfig, eps_255: float, seed: int) -> list[tuple[str, Any]]:
+    """The protocol's APGD attacks at one eps, in the order they run: APGD-CE, then APGD-T."""
+    common = dict(eps=eps_255 / 255, seed=seed, batch_size=acfg.batch_size)
+    return [
+        ("apgd-ce", APGD(**common, steps=acfg.ce_steps, loss="ce")),
+        ("apgd-t", APGDT(**common, steps=acfg.targeted_steps, n_target_classes=acfg.n_target_classes)),
+    ]
+
+
+def run_apgd(model, x, y, acfg: DictConfig, seed: int, before: dict[float, torch.Tensor]) -> list[dict]:
+    """APGD-CE, then APGD-T on what it left, at each eps of ``acfg.eps_255``, attacking only the images
+    ``before[eps]`` marks robust (those every FGSM and PGD record left robust there).
+
+    The entries' masks are therefore robust to every attack of the protocol at that eps: the worst
+    case, as the leaderboard takes it; what APGD added is ``attacked - robust``.
+    """
+    out = []
+    for e in acfg.eps_255:
+        robust = before[e].to(y.device).clone()
+        broken = {}
+        for name, attack in apgd_stages(acfg, e, seed):
+            idx = robust.nonzero().squeeze(1)
+            broken[name] = 0
+            if idx.numel():
+                res = attack(model, x[idx], y[idx])
+                # An image FGSM/PGD left robust is clean-correct, so a success is exactly "broken here".
+                robust[idx] = res.clean_correct & ~res.success
+                broken[name] = int(res.success.sum())
+        entry = _eps_entry("apgd", e, "apgd-ce+apgd-t", robust)
+        entry["attacked"] = int(before[e].sum())
+        entry["broken"] = broken
+        out.append(entry)
     return out
 
 

@@ -57,6 +57,8 @@ METRIC_COLUMNS = {
 }
 FIGURES = ("width_series", "resolution_series", "finetune_gain", "robust_acc_vs_eps", "robustness_vs_macs")
 # Bootstrap of several seeds' C&W median (their per-image distances drawn together).
+# The eps at which the board reports what APGD added to the worst case (the worst case's own).
+APGD_EPS = 8.0
 REDRAW_SEED = (0, 1)
 N_BOOT = 2000
 DASH = "—"
@@ -77,6 +79,7 @@ class _SeedSummary:
     clean: tuple[int, int]
     points: dict[tuple[str, float], tuple[int, int]]  # (attack, eps_255) -> (robust, n), strongest loss
     worst: dict[float, tuple[int, int, bool]]  # eps_255 -> (robust, n, masks had different n)
+    apgd_added: dict[float, tuple[int, int]]  # eps_255 -> (images APGD broke after FGSM and PGD, n)
     # median L2, CI lo, CI hi, and the per-image distances when the record has them
     cw: tuple[float, float, float, np.ndarray | None] | None
 
@@ -122,13 +125,15 @@ def _summarize_seed(records: Sequence[Mapping[str, Any]], families: set[str]) ->
         for e in group:
             robust &= decode_mask(e["robust_mask"], e["n"])[:n]
         worst[eps] = (int(robust.sum()), n, len({e["n"] for e in group}) > 1)
+    apgd = [e for e in entries if e["attack"] == "apgd"]
+    apgd_added = {_eps_key(e["eps_255"]): (e["attacked"] - e["robust"], e["n"]) for e in apgd}
     cw = None
     cw_records = [r for r in records if r["cw"] is not None]
     if cw_records:
         block = cw_records[0]["cw"]
         l2 = np.asarray(block["l2_per_image"], dtype=float) if "l2_per_image" in block else None
         cw = (float(block["median_l2"]), *map(float, block["median_l2_ci95"]), l2)
-    return _SeedSummary((best_clean["correct"], best_clean["n"]), points, worst, cw)
+    return _SeedSummary((best_clean["correct"], best_clean["n"]), points, worst, apgd_added, cw)
 
 
 def _group_rows(records: Iterable[Mapping[str, Any]]) -> list[_Row]:
@@ -193,6 +198,9 @@ def _row_dict(row: _Row) -> dict[str, Any]:
         else:
             agg = _agg_counts([s.points[(attack, eps)] for s in summaries if (attack, eps) in s.points])
         out.update({f"{key}_{k}": v for k, v in agg.items()})
+    if any(s.apgd_added for s in summaries):
+        added = [s.apgd_added[APGD_EPS] for s in summaries if APGD_EPS in s.apgd_added]
+        out.update({f"apgd_added_{k}": v for k, v in _agg_counts(added).items()})
     # A nan median (no clean-correct image) carries no information about the row.
     cws = [s.cw for s in summaries if s.cw is not None and not math.isnan(s.cw[0])]
     medians = [c[0] for c in cws]
@@ -368,7 +376,11 @@ TABLE_HEADER = (
 
 
 def table_lines(rows: pd.DataFrame) -> list[str]:
-    lines = ["| " + " | ".join(TABLE_HEADER) + " |", "|" + "|".join("---" for _ in TABLE_HEADER) + "|"]
+    # Boards with APGD records gain a column after the worst case: what APGD took from it.
+    apgd = "apgd_added_acc" in rows.columns
+    at = TABLE_HEADER.index("worst-case@8/255") + 1
+    header = TABLE_HEADER[:at] + ("APGD added@8/255",) * apgd + TABLE_HEADER[at:]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for _, r in rows.iterrows():
         cells = [
             str(r["rank"]),
@@ -378,6 +390,7 @@ def table_lines(rows: pd.DataFrame) -> list[str]:
             f"{r['macs_m']:.1f}",
             _fmt_acc(r, "clean"),
             *(_fmt_acc(r, key) for key, _, _ in ACC_METRICS),
+            *((_fmt_acc(r, "apgd_added"),) if apgd else ()),
             _fmt_cw(r),
             DASH if math.isnan(r["latency_ms"]) else f"{r['latency_ms']:.2f}",
             r["sanity_flags"],
@@ -423,7 +436,7 @@ def _protocol_lines(records: Sequence[Mapping[str, Any]]) -> list[str]:
         f"`dataset` is the dataset's own order). Clean accuracy: n = {clean_ns}."
     ]
     entries = [e for r in records for e in r["eps_results"]]
-    for attack, name in (("fgsm", "FGSM"), ("pgd", "PGD")):
+    for attack, name in (("fgsm", "FGSM"), ("pgd", "PGD"), ("apgd", "APGD")):
         mine = [e for e in entries if e["attack"] == attack]
         if not mine:
             continue
@@ -463,6 +476,14 @@ def _protocol_lines(records: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+def _worst_attacks(records: Sequence[Mapping[str, Any]]) -> str:
+    """The attacks a worst case combines, as the reading notes name them."""
+    names = "FGSM and PGD with each loss"
+    if any(e["attack"] == "apgd" for r in records for e in r["eps_results"]):
+        names = "FGSM, PGD with each loss, then APGD-CE and APGD-T on what those left robust"
+    return names
+
+
 def _reading_notes(rows: pd.DataFrame, records: Sequence[Mapping[str, Any]]) -> list[str]:
     notes = [
         "- Accuracies are percentages: mean over seeds, ± the sample standard deviation over seeds (only "
@@ -471,7 +492,13 @@ def _reading_notes(rows: pd.DataFrame, records: Sequence[Mapping[str, Any]]) -> 
         "walks the ε grid upwards and attacks only the images the previous ε left robust, so its masks "
         "shrink with ε; the margin loss attacks the images cross-entropy left robust.",
         "- worst-case@8/255 counts an image as robust only if it survives every attack record of the row "
-        "at 8/255 (FGSM and PGD with each loss): the per-sample AND of the robust masks.",
+        f"at 8/255 ({_worst_attacks(records)}): the per-sample AND of the robust masks."
+        + (
+            " APGD added@8/255 is the share of the images that it broke after FGSM and PGD had left them "
+            "robust: how much a PGD-only worst case would overstate robustness (AutoAttack's gap)."
+            if "apgd_added_acc" in rows.columns
+            else ""
+        ),
         "- C&W median L2: mean over seeds of the median minimal L2 perturbation over the C&W images the "
         "model classifies correctly, an image C&W never broke counting as infinitely far (so fewer "
         "correct images stand behind a fine-tuned row's median), with its percentile bootstrap 95% CI "

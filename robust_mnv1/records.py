@@ -33,8 +33,8 @@ from robust_mnv1.errors import UserError
 
 SCHEMA_VERSION = 1
 REGIMES = ("standard", "pgd-at", "fast-at", "trades")
-ATTACKS = ("fgsm", "pgd", "cw")
-EPS_ATTACKS = ("fgsm", "pgd")
+ATTACKS = ("fgsm", "pgd", "apgd", "cw")
+EPS_ATTACKS = ("fgsm", "pgd", "apgd")
 NORMS = ("linf", "l2")
 ENV_KEYS = ("device", "torch", "torchvision", "foolbox", "art", "python", "git_commit", "platform")
 
@@ -284,6 +284,18 @@ def _validate_eps_results(record: Mapping[str, Any], attack: str, clean: tuple[i
         mask = decode_mask(_str(entry, "robust_mask", path), n)
         if int(mask.sum()) != robust:
             raise _fail(path + "robust_mask", f"marks {int(mask.sum())} robust images but robust = {robust}")
+        if entry["attack"] == "apgd":
+            _validate_apgd_counts(entry, robust, path)
+
+
+def _validate_apgd_counts(entry: Mapping[str, Any], robust: int, path: str) -> None:
+    """An APGD entry attacks the images FGSM and PGD left robust (``attacked``); its stages broke
+    ``broken`` of them, one after the other, and the rest are ``robust``."""
+    attacked = _int(entry, "attacked", path)
+    broken = _mapping(entry, "broken", path)
+    counts = [_int(broken, stage, path + "broken.") for stage in broken]
+    if attacked - sum(counts) != robust:
+        raise _fail(path + "broken", f"attacked {attacked} - broken {sum(counts)} != robust = {robust}")
 
 
 def _validate_cw(record: Mapping[str, Any], attack: str) -> None:

@@ -38,7 +38,9 @@ from robust_mnv1.malloc import keep_freed_memory
 from robust_mnv1.records import config_hash, make_run_id, parse_record, validate_record, write_record
 from robust_mnv1.zoo import cache_root, finetuned_model, make_model, resolve_device, standard_model
 
-ATTACKS = ("fgsm", "pgd", "cw")
+# In the order a stage runs them: APGD attacks what FGSM and PGD left robust, so it comes after both.
+ATTACKS = ("fgsm", "pgd", "apgd", "cw")
+BUILDS_ON = {"apgd": ("fgsm", "pgd")}
 log = logging.getLogger(__name__)
 
 
@@ -51,6 +53,9 @@ def record_config(cfg: DictConfig, regime: str, attack: str) -> dict[str, Any]:
     full = OmegaConf.to_container(cfg, resolve=True)
     out = {k: full[k] for k in ("model", "data", "train", "eval", "seed")}
     out["attack"] = {attack: full["attack"][attack]}
+    # A record built on others' results changes with their settings: theirs are in its config too.
+    for base in BUILDS_ON.get(attack, ()):
+        out["attack"][base] = full["attack"][base]
     if regime != "standard":
         out["finetune"] = full["finetune"]
     out["data"].pop("root", None)
@@ -202,6 +207,10 @@ class Unit:
             eps_results = ev.run_fgsm(model, x, y, acfg)
         elif attack == "pgd":
             eps_results = ev.run_pgd(model, x, y, acfg, cfg.seed)
+        elif attack == "apgd":
+            earlier = [self.record(regime, base) for base in BUILDS_ON[attack]]
+            before = {e: ev.survivors(earlier, e, len(y)) for e in acfg.eps_255}
+            eps_results = ev.run_apgd(model, x, y, acfg, cfg.seed, before)
         else:
             cw = ev.run_cw(model, x, y, acfg, cfg.seed)
         eval_s = time.perf_counter() - t0

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from robust_mnv1.records import REGIMES, config_hash, encode_mask, make_run_id, write_record
+from robust_mnv1.records import REGIMES, config_hash, decode_mask, encode_mask, make_run_id, write_record
 from robust_mnv1.stats import wilson_ci
 
 ALPHAS = (0.25, 0.5, 0.75, 1.0)
@@ -43,7 +43,10 @@ ATTACK_CONFIG = {
         "pgd": {"eps_255": list(EPS_255), "steps": 20, "restarts": 1, "loss": "ce", "margin_at_255": [8]}
     },
     "cw": {"cw": {"steps": 100, "binary_search_steps": 9, "l2_radii": [0.1, 0.25, 0.5]}},
+    "apgd": {"apgd": {"eps_255": [8], "ce_steps": 50, "targeted_steps": 50, "n_target_classes": 3}},
 }
+# How many of the images FGSM and PGD left robust at 8/255 each APGD stage of make_study breaks.
+APGD_BREAKS = {"apgd-ce": 2, "apgd-t": 1}
 
 
 def model_block(alpha: float, rho: float = 1.0) -> dict[str, Any]:
@@ -155,6 +158,17 @@ def _first(perm: np.ndarray, start: int, count: int, n: int) -> np.ndarray:
     return mask
 
 
+def _apgd_entry(built: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """APGD's entry at 8/255: it breaks the first :data:`APGD_BREAKS` images FGSM and PGD left robust."""
+    at8 = [e for a in ("fgsm", "pgd") for e in built[a]["eps_results"] if e["eps_255"] == 8]
+    n = min(e["n"] for e in at8)
+    before = np.logical_and.reduce([decode_mask(e["robust_mask"], e["n"])[:n] for e in at8])
+    after = before.copy()
+    after[np.flatnonzero(before)[: sum(APGD_BREAKS.values())]] = False
+    entry = eps_entry("apgd", 8, "apgd-ce+apgd-t", after)
+    return {**entry, "attacked": int(before.sum()), "broken": dict(APGD_BREAKS)}
+
+
 def make_study(
     *,
     alphas: Sequence[float] = ALPHAS,
@@ -167,7 +181,7 @@ def make_study(
     attacks: Sequence[str] = ("fgsm", "pgd", "cw"),
     data: Mapping[str, Any] = DATA,
 ) -> list[dict[str, Any]]:
-    """FGSM, PGD and C&W records for every (alpha, regime, seed).
+    """FGSM, PGD and C&W records (and APGD's, when ``attacks`` names it) for every (alpha, regime, seed).
 
     ``robust_rank[i]`` orders the robustness of ``alphas[i]`` (default: robustness grows with
     alpha, i.e. with MACs; up to 8 alphas). Adversarial regimes add a gain that also grows with the rank.
@@ -219,6 +233,10 @@ def make_study(
                     ),
                     "cw": make_record(**common, attack="cw", clean_mask=clean, cw_median=cw_median),
                 }
+                if "apgd" in attacks:
+                    built["apgd"] = make_record(
+                        **common, attack="apgd", clean_mask=clean[:pgd_n], eps_results=[_apgd_entry(built)]
+                    )
                 records += [built[a] for a in attacks]
     return records
 

@@ -1,4 +1,5 @@
-"""The study's PGD protocol (robust_mnv1.evaluate.run_pgd): survivors-only chaining across eps."""
+"""The study's L-inf protocol (robust_mnv1.evaluate): PGD's survivors-only chaining across eps, and
+APGD on what FGSM and PGD left robust."""
 
 import itertools
 
@@ -10,8 +11,8 @@ from omegaconf import OmegaConf
 from attacks import PGD
 from robust_mnv1.data import Split
 from robust_mnv1.errors import UserError
-from robust_mnv1.evaluate import eval_order, eval_subset, run_pgd
-from robust_mnv1.records import decode_mask
+from robust_mnv1.evaluate import eval_order, eval_subset, run_apgd, run_pgd, survivors
+from robust_mnv1.records import decode_mask, encode_mask
 
 from ._attack_models import synthetic_batch, trained_cnn
 
@@ -128,3 +129,41 @@ def test_eval_subset_takes_the_images_of_the_order():
     assert torch.equal(xs[:, 0, 0, 0], idx.float() / 255)
     xs, ys = eval_subset(Split(x, y), None, torch.device("cpu"), "dataset")
     assert torch.equal(ys, y) and xs.shape == (15, 3, 2, 2)
+
+
+def apgd_cfg(**overrides):
+    cfg = dict(eps_255=[8], ce_steps=10, targeted_steps=10, n_target_classes=3, batch_size=64)
+    return OmegaConf.create({**cfg, **overrides})
+
+
+def test_apgd_attacks_only_what_fgsm_and_pgd_left_and_its_mask_is_their_worst_case():
+    model = trained_cnn()
+    x, y = synthetic_batch(96, 11)
+    pgd = run_pgd(model, x, y, pgd_cfg(eps_255=[8], steps=2, margin_at_255=[]), seed=0)
+    records = [{"eps_results": pgd}]
+    before = survivors(records, 8, len(y))
+    assert 0 < before.sum() < len(y)  # a weak PGD leaves APGD something to do, and breaks some itself
+    (entry,) = run_apgd(model, x, y, apgd_cfg(), seed=0, before={8: before})
+    after = torch.from_numpy(decode_mask(entry["robust_mask"], entry["n"]))
+    assert not (after & ~before).any()
+    assert entry["attacked"] == int(before.sum())
+    assert entry["attacked"] - sum(entry["broken"].values()) == entry["robust"] == int(after.sum())
+    assert entry["broken"]["apgd-ce"] + entry["broken"]["apgd-t"] > 0  # the stronger attack adds breaks
+    # Nothing left robust: nothing to attack, nothing run.
+    (empty,) = run_apgd(model, x, y, apgd_cfg(), seed=0, before={8: torch.zeros(len(y), dtype=torch.bool)})
+    assert (empty["attacked"], empty["robust"], empty["broken"]) == (0, 0, {"apgd-ce": 0, "apgd-t": 0})
+
+
+def test_survivors_are_the_and_of_every_entry_at_that_eps_and_need_one():
+    a = {"eps_results": [entry(8, [1, 1, 0, 1]), entry(2, [0, 0, 0, 0])]}
+    b = {"eps_results": [entry(8, [1, 0, 0, 1])]}
+    assert survivors([a, b], 8, 4).tolist() == [True, False, False, True]
+    with pytest.raises(ValueError, match="no entries over 4 images at eps 4"):
+        survivors([a, b], 4, 4)
+    with pytest.raises(ValueError, match="over 5 images"):
+        survivors([a, b], 8, 5)
+
+
+def entry(eps_255, bits):
+    mask = encode_mask(np.array(bits, dtype=bool))
+    return {"norm": "linf", "eps_255": eps_255, "n": len(bits), "robust_mask": mask}

@@ -12,13 +12,14 @@ import pytest
 
 # tests/ may be run as a package (tests/__init__.py) or as plain modules on sys.path.
 try:
-    from tests._records import DATA, make_study, write_study
+    from tests._records import APGD_BREAKS, DATA, make_study, write_study
 except ImportError:
-    from _records import DATA, make_study, write_study
+    from _records import APGD_BREAKS, DATA, make_study, write_study
 
 from robust_mnv1 import leaderboard as lb
 from robust_mnv1.errors import UserError
 from robust_mnv1.records import decode_mask
+from robust_mnv1.report.outcomes import collect
 from robust_mnv1.report.verdict_text import verdict_lines
 from robust_mnv1.stats import wilson_ci
 
@@ -328,3 +329,43 @@ def test_a_seed_missing_an_attack_family_leaves_the_worst_case_to_the_complete_s
     assert list(table["worst8_acc"]) == list(seed0["worst8_acc"])
     assert set(table["missing"]) == {"pgd"}
     assert "some seeds have no PGD record yet" in lb.render_markdown(records, table)
+
+
+def test_apgd_records_lower_the_worst_case_and_the_board_says_by_how_much():
+    plain = lb.build_table(make_study(alphas=(0.5, 1.0)))
+    records = make_study(alphas=(0.5, 1.0), attacks=("fgsm", "pgd", "apgd", "cw"))
+    table = lb.build_table(records)
+    broke = sum(APGD_BREAKS.values())
+    assert list(table["worst8_k"]) == [
+        k - broke
+        for k in plain.set_index(["model", "regime"]).loc[
+            list(zip(table["model"], table["regime"], strict=True)), "worst8_k"
+        ]
+    ]
+    assert (table["apgd_added_k"] == broke).all() and (table["apgd_added_n"] == table["worst8_n"]).all()
+    md = lb.render_markdown(records, table)
+    assert "| APGD added@8/255 |" in md and "APGD-CE and APGD-T" in md
+    assert "- APGD (L∞): ε ∈ {8/255}; losses apgd-ce+apgd-t" in md
+    # Without APGD records the board has no such column: published boards stay as they were.
+    assert "apgd_added_acc" not in plain.columns
+    assert "APGD" not in lb.render_markdown(make_study(alphas=(0.5, 1.0)), plain)
+
+
+def test_a_row_without_apgd_where_others_have_it_has_no_worst_case():
+    records = make_study(alphas=(0.5, 1.0), attacks=("fgsm", "pgd", "apgd", "cw"))
+    records = [r for r in records if not (r["model"]["alpha"] == 1.0 and r["attack"] == "apgd")]
+    table = lb.build_table(records)
+    assert set(table["missing"][table["alpha"] == 1.0]) == {"apgd"}
+    assert table["worst8_acc"][table["alpha"] == 1.0].isna().all()
+
+
+def test_the_verdicts_worst_case_takes_apgd_too():
+    records = make_study(alphas=(0.5, 1.0), attacks=("fgsm", "pgd", "apgd", "cw"))
+    for outcome in collect(records):
+        (apgd,) = [
+            r
+            for r in records
+            if r["attack"] == "apgd" and (r["model"]["name"], r["regime"]) == (outcome.model, outcome.regime)
+        ]
+        entry = apgd["eps_results"][0]
+        assert np.array_equal(outcome.robust["worst8"], decode_mask(entry["robust_mask"], entry["n"]))

@@ -195,6 +195,23 @@ def test_cw_per_image_distances(cw):
         validate_record(undefined)
 
 
+def test_apgd_entries_account_for_every_image_they_attacked(pgd):
+    apgd = copy.deepcopy(pgd)
+    apgd["attack"] = "apgd"
+    apgd["run_id"] = apgd["run_id"].replace("__pgd__", "__apgd__")
+    entry = apgd["eps_results"][-1]
+    apgd["eps_results"] = [{**entry, "attack": "apgd", "attacked": entry["robust"] + 3}]
+    apgd["eps_results"][0]["broken"] = {"apgd-ce": 2, "apgd-t": 1}
+    apgd["config_hash"] = config_hash(apgd["config"])
+    validate_record(apgd)
+    apgd["eps_results"][0]["broken"]["apgd-t"] = 0
+    with pytest.raises(RecordError, match=r"broken.*attacked .* != robust"):
+        validate_record(apgd)
+    del apgd["eps_results"][0]["attacked"]
+    with pytest.raises(RecordError, match="attacked"):
+        validate_record(apgd)
+
+
 def test_record_error_is_a_user_error_and_value_error():
     assert issubclass(RecordError, UserError)
     assert issubclass(RecordError, ValueError)

@@ -3,12 +3,13 @@
 import re
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 import torch
 
 from robust_mnv1.cli import compose_config
 from robust_mnv1.data import load_dataset
-from robust_mnv1.records import dumps_record, load_records, parse_record, validate_record
+from robust_mnv1.records import decode_mask, dumps_record, load_records, parse_record, validate_record
 from robust_mnv1.zoo import cache_root, finetuned_model, standard_model
 
 from .conftest import run_cli
@@ -23,6 +24,8 @@ FAST = [
     "eval.sanity.n=32",
     "attack.cw.steps=10",
     "attack.cw.binary_search_steps=2",
+    "attack.apgd.ce_steps=5",
+    "attack.apgd.targeted_steps=5",
     "eval.latency.reps=3",
 ]
 
@@ -44,12 +47,20 @@ def smoke(tmp_path_factory):
 def test_smoke_writes_records_and_leaderboard(smoke):
     root, _ = smoke
     records = load_records(root / "results" / "runs")
-    # 2 models x 2 regimes x 3 attacks
-    assert len(records) == 12
+    # 2 models x 2 regimes x 4 attack families
+    assert len(records) == 16
     for r in records:
         validate_record(r)
     assert {r["regime"] for r in records} == {"standard", "pgd-at"}
-    assert {r["attack"] for r in records} == {"fgsm", "pgd", "cw"}
+    assert {r["attack"] for r in records} == {"fgsm", "pgd", "apgd", "cw"}
+    for apgd in (r for r in records if r["attack"] == "apgd"):
+        # APGD attacks exactly what FGSM and PGD left robust at 8/255, so its mask is the worst case.
+        (entry,) = apgd["eps_results"]
+        twins = [t for t in records if t["run_id"].split("__")[:2] == apgd["run_id"].split("__")[:2]]
+        before = [e for t in twins if t["attack"] != "apgd" for e in t["eps_results"] if e["eps_255"] == 8]
+        survived = np.logical_and.reduce([decode_mask(e["robust_mask"], e["n"]) for e in before])
+        assert entry["attacked"] == survived.sum() >= entry["robust"]
+        assert not (decode_mask(entry["robust_mask"], entry["n"]) & ~survived).any()
     pgd = next(r for r in records if r["attack"] == "pgd")
     assert [e["eps_255"] for e in pgd["eps_results"]] == [2, 8]
     assert pgd["eps_results"][1]["loss"] == "ce+margin"
@@ -81,7 +92,7 @@ def test_second_run_reuses_cached_models_and_records(smoke, tmp_path):
     proc = run([*FAST, f"results_dir={tmp_path}/results", f"hydra.run.dir={tmp_path}/out"], root / "cache")
     out = proc.stdout + proc.stderr
     assert "epoch 1/" not in out and "resuming" not in out, "a cached model was retrained"
-    assert len(load_records(tmp_path / "results" / "runs")) == 12
+    assert len(load_records(tmp_path / "results" / "runs")) == 16
     # Same config, same seed, same cached weights: the same numbers.
     a = {r["run_id"]: r for r in load_records(root / "results" / "runs")}
     for r in load_records(tmp_path / "results" / "runs"):
@@ -176,7 +187,7 @@ def test_parallel_joblib_sweep_leaves_consistent_records(smoke, tmp_path):
         root / "cache",
     )
     files = sorted((results / "runs").glob("*.json"))
-    assert len(files) == 12  # 2 jobs x 2 regimes x 3 attacks
+    assert len(files) == 16  # 2 jobs x 2 regimes x 4 attack families
     for f in files:
         validate_record(parse_record(f.read_text()))
     assert not list((results / "runs").glob(".*tmp"))
@@ -195,7 +206,7 @@ def test_two_runs_of_one_experiment_write_each_record_once(smoke, tmp_path):
     # Each record is logged by the run that wrote it; the run that waited for its lock finds it done.
     written = [f for p in procs for f in re.findall(r"(\S+\.json)$", p.stdout + p.stderr, re.MULTILINE)]
     assert sorted(written) == sorted(str(f) for f in runs.glob("*.json"))
-    assert len(written) == 6  # 2 regimes x 3 attacks, each once
+    assert len(written) == 8  # 2 regimes x 4 attack families, each once
 
 
 class Killed(Exception):

@@ -54,7 +54,7 @@ def _eps_key(eps_255: float) -> float:
     return round(float(eps_255), 4)
 
 
-def _from_records(records: Sequence[Mapping[str, Any]]) -> Outcomes:
+def _from_records(records: Sequence[Mapping[str, Any]], families: set[str]) -> Outcomes:
     first = records[0]
     model = first["model"]
     linf = [r for r in records if r["eps_results"]]
@@ -69,7 +69,8 @@ def _from_records(records: Sequence[Mapping[str, Any]]) -> Outcomes:
             for e in r["eps_results"]
             if e["norm"] == "linf" and _eps_key(e["eps_255"]) == eps and attack in ("worst", e["attack"])
         ]
-        if not entries or (attack == "worst" and {e["attack"] for e in entries} != {"fgsm", "pgd"}):
+        # A worst case needs every L-inf family its dataset's records hold, so all models compare alike.
+        if not entries or (attack == "worst" and {e["attack"] for e in entries} != families):
             continue
         # Records made before clean masks were kept still pair their robust masks.
         size = n if n is not None else entries[0]["n"]
@@ -101,6 +102,9 @@ def _from_records(records: Sequence[Mapping[str, Any]]) -> Outcomes:
 def collect(records: Iterable[Mapping[str, Any]]) -> list[Outcomes]:
     """One :class:`Outcomes` per (data, model, regime, seed) of ``records``, in a stable order."""
     groups: dict[tuple[str, str, str, int], list[Mapping[str, Any]]] = defaultdict(list)
+    families: dict[str, set[str]] = defaultdict(set)
     for r in records:
         groups[(r["data"]["key"], r["model"]["name"], r["regime"], int(r["seed"]))].append(r)
-    return [_from_records(sorted(g, key=lambda r: r["run_id"])) for _, g in sorted(groups.items())]
+        families[r["data"]["key"]] |= {e["attack"] for e in r["eps_results"] if e["norm"] == "linf"}
+    ordered = sorted(groups.items())
+    return [_from_records(sorted(g, key=lambda r: r["run_id"]), families[key[0]]) for key, g in ordered]
