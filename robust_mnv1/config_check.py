@@ -166,6 +166,8 @@ SCHEMA: dict[str, Rule] = {
     "attack.apgd.targeted_steps": COUNT,
     "attack.apgd.n_target_classes": integer(1, 9),
     "attack.apgd.batch_size": COUNT,
+    "attack.apgd.square.samples": integer(0),
+    "attack.apgd.square.queries": COUNT,
     "attack.cw.steps": COUNT,
     "attack.cw.binary_search_steps": COUNT,
     "attack.cw.confidence": number(0),

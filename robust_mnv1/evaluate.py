@@ -220,6 +220,26 @@ def run_apgd(model, x, y, acfg: DictConfig, seed: int, before: dict[float, torch
     return out
 
 
+def square_check(
+    model, x, y, robust: torch.Tensor, eps_255: float, scfg: DictConfig, seed: int
+) -> dict[str, Any] | None:
+    """The gradient-free Square attack on a seeded sample of the images every gradient attack left
+    robust at ``eps_255`` (``attacks.checks.check_square_breaks_robust``): the sanity report, flagged
+    when Square breaks more than the check's share of them, a sign that the gradients misled. None
+    when ``scfg.samples`` is 0 (the check is off)."""
+    if scfg.samples == 0:
+        return None
+    idx = robust.nonzero().squeeze(1).cpu()
+    if not idx.numel():
+        return {"name": "square_breaks_robust", "flagged": False, "detail": "no robust image to check"}
+    pick = idx[torch.randperm(idx.numel(), generator=torch.Generator().manual_seed(seed))[: scfg.samples]]
+    pick = pick.to(x.device)
+    report = attacks.checks.check_square_breaks_robust(
+        model, x[pick], y[pick], eps=eps_255 / 255, samples=scfg.samples, queries=scfg.queries, seed=seed
+    )
+    return report.to_dict()
+
+
 def run_cw(model, x, y, acfg: DictConfig, seed: int) -> dict[str, Any]:
     res = CarliniWagnerL2(
         steps=acfg.steps,

@@ -35,7 +35,14 @@ from robust_mnv1.envinfo import environment
 from robust_mnv1.filelock import exclusive
 from robust_mnv1.leaderboard import generate
 from robust_mnv1.malloc import keep_freed_memory
-from robust_mnv1.records import config_hash, make_run_id, parse_record, validate_record, write_record
+from robust_mnv1.records import (
+    config_hash,
+    decode_mask,
+    make_run_id,
+    parse_record,
+    validate_record,
+    write_record,
+)
 from robust_mnv1.zoo import cache_root, finetuned_model, make_model, resolve_device, standard_model
 
 # In the order a stage runs them: APGD attacks what FGSM and PGD left robust, so it comes after both.
@@ -202,7 +209,7 @@ class Unit:
         clean = ev.clean_accuracy(model, x, y)
         ev.check_clean(clean, meta["test_acc"], cfg.eval.max_clean_drop, f"{self.name} {regime}")
         acfg = cfg.attack[attack]
-        eps_results, cw = [], None
+        eps_results, cw, square = [], None, None
         if attack == "fgsm":
             eps_results = ev.run_fgsm(model, x, y, acfg)
         elif attack == "pgd":
@@ -211,6 +218,9 @@ class Unit:
             earlier = [self.record(regime, base) for base in BUILDS_ON[attack]]
             before = {e: ev.survivors(earlier, e, len(y)) for e in acfg.eps_255}
             eps_results = ev.run_apgd(model, x, y, acfg, cfg.seed, before)
+            headline = eps_results[-1]
+            robust = torch.from_numpy(decode_mask(headline["robust_mask"], headline["n"]))
+            square = ev.square_check(model, x, y, robust, headline["eps_255"], acfg.square, cfg.seed)
         else:
             cw = ev.run_cw(model, x, y, acfg, cfg.seed)
         eval_s = time.perf_counter() - t0
@@ -258,7 +268,7 @@ class Unit:
             "clean": clean,
             "eps_results": eps_results,
             "cw": cw,
-            "sanity": stage.sanity or {"passed": True, "flags": [], "reports": []},
+            "sanity": _with_report(stage.sanity, square),
             "timing": timing,
             "latency_ms_cpu_b1": stage.latency,
             "env": environment(device),
@@ -274,6 +284,15 @@ class Unit:
             eval_s,
             path,
         )
+
+
+def _with_report(sanity: dict[str, Any] | None, report: dict[str, Any] | None) -> dict[str, Any]:
+    """The stage's sanity reports, plus one made by this record alone (APGD's Square check)."""
+    sanity = sanity or {"passed": True, "flags": [], "reports": []}
+    if report is None:
+        return sanity
+    flags = sanity["flags"] + [report["name"]] * report["flagged"]
+    return {"passed": not flags, "flags": flags, "reports": [*sanity["reports"], report]}
 
 
 def run_unit(cfg: DictConfig, device_name: str, threads: int | None) -> None:

@@ -11,10 +11,10 @@ from omegaconf import OmegaConf
 from attacks import PGD
 from robust_mnv1.data import Split
 from robust_mnv1.errors import UserError
-from robust_mnv1.evaluate import eval_order, eval_subset, run_apgd, run_pgd, survivors
+from robust_mnv1.evaluate import eval_order, eval_subset, run_apgd, run_pgd, square_check, survivors
 from robust_mnv1.records import decode_mask, encode_mask
 
-from ._attack_models import synthetic_batch, trained_cnn
+from ._attack_models import QuantizedInput, synthetic_batch, trained_cnn
 
 EPS_255 = [2, 4, 8, 16]
 
@@ -167,3 +167,16 @@ def test_survivors_are_the_and_of_every_entry_at_that_eps_and_need_one():
 def entry(eps_255, bits):
     mask = encode_mask(np.array(bits, dtype=bool))
     return {"norm": "linf", "eps_255": eps_255, "n": len(bits), "robust_mask": mask}
+
+
+def test_square_check_flags_gradients_that_mislead_and_can_be_off():
+    x, y = synthetic_batch(96, 12)
+    scfg = OmegaConf.create({"samples": 32, "queries": 300})
+    everything = torch.ones(len(y), dtype=torch.bool)
+    masked = QuantizedInput(trained_cnn())  # zero input gradients: PGD leaves images Square breaks
+    report = square_check(masked, x, y, everything, 8, scfg, seed=0)
+    assert report["name"] == "square_breaks_robust" and report["flagged"]
+    nothing = torch.zeros(len(y), dtype=torch.bool)
+    assert not square_check(masked, x, y, nothing, 8, scfg, seed=0)["flagged"]
+    off = OmegaConf.create({"samples": 0, "queries": 1})
+    assert square_check(masked, x, y, everything, 8, off, seed=0) is None

@@ -26,6 +26,7 @@ FAST = [
     "attack.cw.binary_search_steps=2",
     "attack.apgd.ce_steps=5",
     "attack.apgd.targeted_steps=5",
+    "attack.apgd.square.queries=20",
     "eval.latency.reps=3",
 ]
 
