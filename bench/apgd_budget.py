@@ -34,6 +34,7 @@ BUDGETS = {
     "small": (25, 25, 1),
     "protocol": (50, 50, 3),
     "long": (100, 100, 3),
+    "wide": (50, 50, 9),
     "autoattack": (100, 100, 9),
 }
 
