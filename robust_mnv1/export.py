@@ -48,9 +48,9 @@ from robust_mnv1.data import Dataset, Split, load_dataset
 from robust_mnv1.envinfo import git_commit
 from robust_mnv1.errors import UserError
 from robust_mnv1.evaluate import eval_order
+from robust_mnv1.filelock import exclusive
 from robust_mnv1.malloc import keep_freed_memory
 from robust_mnv1.models import MobileNetV1
-from robust_mnv1.train import _exclusive
 from robust_mnv1.zoo import (
     cache_root,
     finetuned_model,
@@ -596,7 +596,7 @@ def _main(cfg: DictConfig) -> None:
     source = model_source(model, meta, ecfg.regime, entry)
     # Whoever writes into a cache entry holds its lock: a run loading the same model meanwhile clears
     # the entry's temp files (robust_mnv1.train), which would include the export's half-written ones.
-    with _exclusive(entry) if out_dir.resolve() == entry.resolve() else contextlib.nullcontext():
+    with exclusive(entry / ".lock") if out_dir.resolve() == entry.resolve() else contextlib.nullcontext():
         report = export_files(model, dataset, out_dir, entry.name, ecfg, source)
     acc = report["test_accuracy"]
     how = "trained now" if meta["trained"] else "from the cache"
