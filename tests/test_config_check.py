@@ -142,7 +142,11 @@ BAD = [
     ("cache_dir=''", "cache_dir must be a non-empty string, got ''"),
     ("+model.foo=1", "unknown key model.foo; valid keys under model: alpha, num_classes, profile, rho"),
     ("+finetune.bta=6", "unknown key finetune.bta"),
-    ("+attack.foo.eps_255=[1]", "unknown key attack.foo; valid keys under attack: cw, fgsm, pgd"),
+    ("+attack.foo.eps_255=[1]", "unknown key attack.foo; valid keys under attack: apgd, cw, fgsm, pgd"),
+    ("attack.apgd.n_target_classes=10", "attack.apgd.n_target_classes must be an integer in [1, 9], got 10"),
+    ("attack.apgd.eps_255=[3]", "attack.apgd.eps_255 must be among attack.fgsm.eps_255"),
+    ("~attack.fgsm", "attack.apgd attacks what fgsm left robust: add it (attack=all has both)"),
+    ("attack.apgd.square.samples=-1", "attack.apgd.square.samples must be an integer >= 0, got -1"),
     ("~train.lr", "train.lr is missing; it must be a number > 0"),
 ]
 # Ten through a real launch: the destructive and late cases, and each kind of check.
