@@ -209,6 +209,16 @@ def test_imagefolder_directory_decodes_exact_pixels_and_caches(tmp_path, count_d
     assert again.label == "My pets"
 
 
+def test_two_spellings_of_one_data_path_share_the_cache(tmp_path, count_decodes):
+    _write_tree(tmp_path / "pets")
+    (tmp_path / "checkout").mkdir()
+    load_dataset(_folder_cfg(tmp_path / "pets"), tmp_path / "cache")
+    decoded = len(count_decodes)
+    load_dataset(_folder_cfg(tmp_path / "checkout" / ".." / "pets"), tmp_path / "cache")
+    assert len(count_decodes) == decoded, "the same folder reached another way was decoded again"
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 1
+
+
 def test_imagefolder_cache_invalidated_when_a_file_changes(tmp_path, count_decodes):
     _write_tree(tmp_path / "pets")
     load_dataset(_folder_cfg(tmp_path / "pets"), tmp_path / "cache")

@@ -101,8 +101,9 @@ def _resolve_root(cfg: Mapping[str, Any], hint: str) -> Path:
     root = cfg.get("root")
     if root is None or str(root) == "":
         raise UserError(f"data.root is not set for data={cfg.get('name')}; {hint}")
-    # Relative roots are relative to where the user launched, even if Hydra changed directory.
-    return Path(to_absolute_path(os.path.expanduser(str(root))))
+    # Relative roots are relative to where the user launched, even if Hydra changed directory; the
+    # resolved path names the data, so runs from two checkouts (../data from each) share one cache entry.
+    return Path(to_absolute_path(os.path.expanduser(str(root)))).resolve()
 
 
 def _cifar10(cfg: Mapping[str, Any], cache_dir: Path) -> Source:
