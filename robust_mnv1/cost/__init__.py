@@ -15,24 +15,20 @@ the FC bias are reported in their own columns because the paper's parameter coun
 out too.
 
 Run ``python -m robust_mnv1.cost model.profile=imagenet`` (1000 classes) to print the
-per-layer table next to the paper's Table 2.
+per-layer table next to the paper's Table 2; that CLI is this package's ``__main__``, so
+importing the counts loads neither Hydra nor the layer timing.
 """
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from fractions import Fraction
 from itertools import pairwise
 
-import hydra
 import pandas as pd
-from omegaconf import DictConfig
 from torch import nn
 
-from robust_mnv1.cli import preflight, user_errors_exit
-from robust_mnv1.malloc import keep_freed_memory
-from robust_mnv1.models.mobilenet_v1 import ConvBNReLU, MobileNetV1, build_model
+from robust_mnv1.models.mobilenet_v1 import ConvBNReLU, MobileNetV1
 
 __all__ = [
     "KIND_LABELS",
@@ -269,46 +265,3 @@ def report(model: MobileNetV1) -> str:
         separable_ratios(df).to_string(index=False, float_format=lambda v: f"{v:.6f}"),
     ]
     return "\n".join(lines)
-
-
-# The cost CLI loads no dataset: a null model.num_classes takes the profile's usual head.
-DEFAULT_CLASSES = {"cifar": 10, "imagenet": 1000}
-
-
-def model_from_config(cfg: DictConfig) -> MobileNetV1:
-    m = cfg.model
-    num_classes = m.num_classes if m.num_classes is not None else DEFAULT_CLASSES.get(m.profile, 10)
-    return build_model(alpha=m.alpha, rho=m.rho, profile=m.profile, num_classes=num_classes)
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="cost")
-@user_errors_exit
-def _main(cfg: DictConfig) -> None:
-    """Print the cost report of the MobileNet V1 variant configured under ``model``."""
-    model = model_from_config(cfg)
-    print(report(model))
-    if cfg.profile:
-        from robust_mnv1.layer_timing import kind_shares, profile_record, save_profile, time_layers
-        from robust_mnv1.zoo import resolve_device
-
-        device = resolve_device(cfg.device)
-        timing = time_layers(model, device, batch=cfg.profile_batch, reps=cfg.profile_reps)
-        shares = kind_shares(model, timing)
-        print(
-            f"\nmeasured time by layer kind on {device} (batch {cfg.profile_batch}, eval mode, "
-            f"each conv unit = conv + BN + ReLU, median of {cfg.profile_reps}):"
-        )
-        print(shares.to_string(float_format=lambda v: f"{v:.2f}"))
-        if cfg.profile_out:
-            record = profile_record(model, device, shares, batch=cfg.profile_batch, reps=cfg.profile_reps)
-            print(f"saved {save_profile(record, cfg.profile_out)}")
-
-
-def main() -> None:
-    keep_freed_memory()
-    preflight(sys.argv[1:], "cost", model_from_config)
-    _main()
-
-
-if __name__ == "__main__":
-    main()
