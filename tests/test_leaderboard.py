@@ -1,4 +1,5 @@
-"""Tests for robust_mnv1.leaderboard on hand-made records (tests/_records.py)."""
+"""Tests for the leaderboard (robust_mnv1.report and its CLI, robust_mnv1.leaderboard) on hand-made
+records (tests/_records.py)."""
 
 from __future__ import annotations
 
@@ -19,8 +20,13 @@ except ImportError:
 from robust_mnv1 import leaderboard as lb
 from robust_mnv1.errors import UserError
 from robust_mnv1.records import decode_mask
+from robust_mnv1.report.board import generate
+from robust_mnv1.report.figures import FIGURES
+from robust_mnv1.report.markdown import TABLE_HEADER, render_markdown
 from robust_mnv1.report.outcomes import collect
+from robust_mnv1.report.table import build_table
 from robust_mnv1.report.verdict_text import verdict_lines
+from robust_mnv1.report.verdicts import analyse_all
 from robust_mnv1.stats import wilson_ci
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -33,7 +39,7 @@ def study() -> list[dict]:
 
 @pytest.fixture(scope="module")
 def table(study):
-    return lb.build_table(study)
+    return build_table(study)
 
 
 def _row(table, alpha: float, regime: str):
@@ -83,7 +89,7 @@ def test_counts_and_wilson_ci_match_records(study, table):
 
 
 def test_markdown_ci_text(study, table):
-    md = lb.render_markdown(study, table)
+    md = render_markdown(study, table)
     row = _row(table, 0.5, "standard")
     k, n = int(row["clean_k"]), int(row["clean_n"])
     lo, hi = wilson_ci(k, n)
@@ -95,7 +101,7 @@ def test_markdown_ci_text(study, table):
     assert line.rstrip().endswith("| ok | 1 |")
     flagged = next(ln for ln in md.splitlines() if "MobileNetV1-0.25-32px | standard |" in ln)
     assert "| pgd_weaker_than_fgsm |" in flagged
-    assert lb.TABLE_HEADER[:6] == ("rank", "model", "regime", "params (M)", "MACs (M)", "clean acc")
+    assert TABLE_HEADER[:6] == ("rank", "model", "regime", "params (M)", "MACs (M)", "clean acc")
 
 
 def test_worst_case_is_the_per_sample_and_of_all_attacks(study, table):
@@ -115,7 +121,7 @@ def test_worst_case_is_the_per_sample_and_of_all_attacks(study, table):
 
 def test_worst_case_uses_common_prefix_when_n_differs():
     records = make_study(alphas=(0.5,), regimes=("standard",), pgd_n=120)
-    row = lb.build_table(records).iloc[0]
+    row = build_table(records).iloc[0]
     recs = _records_of(records, 0.5, "standard")
     assert (row["worst8_n"], row["pgd8_n"], row["fgsm8_n"]) == (120, 120, 200)
     assert row["worst8_prefix"]
@@ -125,21 +131,21 @@ def test_worst_case_uses_common_prefix_when_n_differs():
             if e["eps_255"] == 8:
                 robust &= decode_mask(e["robust_mask"], e["n"])[:120]
     assert row["worst8_k"] == robust.sum()
-    assert "common first images" in lb.render_markdown(records)
+    assert "common first images" in render_markdown(records)
 
 
 def test_worst_case_with_a_single_attack_is_that_attack():
     records = make_study(alphas=(0.5,), regimes=("standard",), attacks=("fgsm",))
-    row = lb.build_table(records).iloc[0]
+    row = build_table(records).iloc[0]
     assert row["worst8_k"] == row["fgsm8_k"]
     assert math.isnan(row["pgd8_acc"]) and math.isnan(row["cw_l2"])
-    md = lb.render_markdown(records)
+    md = render_markdown(records)
     assert "| — |" in md
 
 
 def test_seed_averaging():
     records = make_study(alphas=(0.5, 1.0), regimes=("standard",), seeds=(0, 1, 2))
-    table = lb.build_table(records)
+    table = build_table(records)
     row = _row(table, 0.5, "standard")
     assert row["n_seeds"] == 3 and row["seeds"] == "0,1,2"
     for key, attack in (("clean", "pgd"), ("pgd2", "pgd")):
@@ -163,14 +169,14 @@ def test_seed_averaging():
     envelope = (min(cw["median_l2_ci95"][0] for cw in cws), max(cw["median_l2_ci95"][1] for cw in cws))
     assert envelope[0] < row["cw_lo"] < row["cw_l2"] < row["cw_hi"] < envelope[1]
     del cws[0]["l2_per_image"]  # a seed without distances: back to the envelope
-    assert tuple(_row(lb.build_table(records), 0.5, "standard")[["cw_lo", "cw_hi"]]) == envelope
-    md = lb.render_markdown(records, table)
+    assert tuple(_row(build_table(records), 0.5, "standard")[["cw_lo", "cw_hi"]]) == envelope
+    md = render_markdown(records, table)
     assert f"{100 * row['clean_acc']:.1f} ± {100 * row['clean_std']:.1f} [" in md
 
 
 def test_the_board_concludes_on_a_planted_width_effect():
     # Robustness grows with width; on 2000 paired images the lightest vs the largest is a verdict.
-    boards = lb.analyse_all(make_study(n=2000))
+    boards = analyse_all(make_study(n=2000))
     lines = verdict_lines(boards["cifar10-jpeg"])
     assert any("lighter is easier to fool" in line for line in lines)
     assert all("width (α at ρ = 1)" in line for line in lines)
@@ -180,14 +186,14 @@ def test_records_without_clean_masks_compare_robust_accuracy_only():
     records = make_study()
     for r in records:
         del r["clean"]["correct_mask"]
-    board = lb.analyse_all(records)["cifar10-jpeg"]
+    board = analyse_all(records)["cifar10-jpeg"]
     # Robust masks still pair; fooling rates and C&W distances need to know the correct images.
     assert {t.metric.key for t in board.tests} == {"robust_worst8"}
     assert len(board.skipped) == 3 * len(board.series)
 
 
 def test_markdown_sections(study, table):
-    md = lb.render_markdown(study, table)
+    md = render_markdown(study, table)
     for needle in (
         "# MobileNet V1 adversarial-robustness leaderboard",
         "## CIFAR-10 (JPEG q75)",
@@ -214,24 +220,24 @@ def test_one_table_per_dataset():
     records = make_study(alphas=(0.5, 1.0), regimes=("standard",)) + make_study(
         alphas=(0.25, 0.5), regimes=("standard",), data=other
     )
-    table = lb.build_table(records)
+    table = build_table(records)
     assert table.groupby("data_key")["rank"].apply(list).to_dict() == {"cifar10-jpeg": [1, 2], "svhn": [1, 2]}
-    md = lb.render_markdown(records, table)
+    md = render_markdown(records, table)
     assert md.count("| rank |") == 2
     assert md.index("## CIFAR-10 (JPEG q75)") < md.index("## SVHN")
-    assert set(lb.analyse_all(records)) == {"cifar10-jpeg", "svhn"}
+    assert set(analyse_all(records)) == {"cifar10-jpeg", "svhn"}
 
 
 def test_generate_is_deterministic_and_writes_pngs(tmp_path, study):
     write_study(study, tmp_path)
-    first = lb.generate(tmp_path)
-    assert set(first) == {"markdown", "csv", *lb.FIGURES}
+    first = generate(tmp_path)
+    assert set(first) == {"markdown", "csv", *FIGURES}
     snapshot = {k: p.read_bytes() for k, p in first.items()}
-    second = lb.generate(tmp_path)
+    second = generate(tmp_path)
     assert second == first
     assert first["markdown"].read_bytes() == snapshot["markdown"]
     assert first["csv"].read_bytes() == snapshot["csv"]
-    for name in lb.FIGURES:
+    for name in FIGURES:
         data = first[name].read_bytes()
         assert first[name].parent == tmp_path / "figures"
         # The study has widths only: its resolution figure is the short "no series" note.
@@ -244,7 +250,7 @@ def test_generate_is_deterministic_and_writes_pngs(tmp_path, study):
 def test_generate_copes_with_missing_regimes_and_attacks(tmp_path):
     # Only standard training and no C&W: no gains, gain figure falls back to a note.
     write_study(make_study(alphas=(0.5, 1.0), regimes=("standard",), attacks=("fgsm", "pgd")), tmp_path)
-    paths = lb.generate(tmp_path)
+    paths = generate(tmp_path)
     md = paths["markdown"].read_text()
     assert "Clean-accuracy cost" not in md and "Gain from fine-tuning" not in md
     assert paths["finetune_gain"].read_bytes().startswith(PNG_MAGIC)
@@ -252,7 +258,7 @@ def test_generate_copes_with_missing_regimes_and_attacks(tmp_path):
 
 def test_an_invalid_record_stops_the_board_and_leaves_the_old_one(tmp_path, study, capsys):
     runs = write_study(study, tmp_path)
-    lb.generate(tmp_path)
+    generate(tmp_path)
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and p.parent != runs}
     victim = runs / f"{study[0]['run_id']}.json"
     victim.write_text(victim.read_text()[:100])
@@ -266,7 +272,7 @@ def test_skip_invalid_leaves_the_record_out_and_says_so(tmp_path, study):
     runs = write_study(study, tmp_path)
     victim = runs / f"{study[0]['run_id']}.json"
     victim.write_text(victim.read_text()[:100])
-    md = lb.generate(tmp_path, skip_invalid=True)["markdown"].read_text()
+    md = generate(tmp_path, skip_invalid=True)["markdown"].read_text()
     assert f"from the {len(study) - 1} run records" in md
     assert md.split("### Is a lighter")[0].count("| MobileNetV1-") == 8
     assert "## Skipped record files" in md and victim.name in md
@@ -284,7 +290,7 @@ def test_cli_empty_dir_is_a_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: no valid run records")
     with pytest.raises(UserError):
-        lb.generate(tmp_path)
+        generate(tmp_path)
 
 
 def test_records_of_different_weights_are_a_one_line_error_and_nothing_is_written(tmp_path, study, capsys):
@@ -314,27 +320,27 @@ def test_cli_module_entry_point_exit_code(tmp_path):
 
 def test_a_row_missing_an_attack_family_has_no_worst_case_and_ranks_last():
     records = [r for r in make_study() if not (r["model"]["alpha"] == 1.0 and r["attack"] == "pgd")]
-    table = lb.build_table(records)
+    table = build_table(records)
     incomplete = table[table["alpha"] == 1.0]
     assert set(incomplete["missing"]) == {"pgd"} and incomplete["worst8_acc"].isna().all()
     assert list(table["rank"][table["alpha"] == 1.0]) == [len(table) - 1, len(table)]
-    assert "no PGD record yet" in lb.render_markdown(records, table)
+    assert "no PGD record yet" in render_markdown(records, table)
 
 
 def test_a_seed_missing_an_attack_family_leaves_the_worst_case_to_the_complete_seeds():
     both = make_study(alphas=(0.5, 1.0), seeds=(0, 1))
     records = [r for r in both if not (r["seed"] == 1 and r["attack"] == "pgd")]
-    seed0 = lb.build_table([r for r in both if r["seed"] == 0])
-    table = lb.build_table(records)
+    seed0 = build_table([r for r in both if r["seed"] == 0])
+    table = build_table(records)
     assert list(table["worst8_acc"]) == list(seed0["worst8_acc"])
     assert set(table["missing"]) == {"pgd"}
-    assert "some seeds have no PGD record yet" in lb.render_markdown(records, table)
+    assert "some seeds have no PGD record yet" in render_markdown(records, table)
 
 
 def test_apgd_records_lower_the_worst_case_and_the_board_says_by_how_much():
-    plain = lb.build_table(make_study(alphas=(0.5, 1.0)))
+    plain = build_table(make_study(alphas=(0.5, 1.0)))
     records = make_study(alphas=(0.5, 1.0), attacks=("fgsm", "pgd", "apgd", "cw"))
-    table = lb.build_table(records)
+    table = build_table(records)
     broke = sum(APGD_BREAKS.values())
     assert list(table["worst8_k"]) == [
         k - broke
@@ -343,18 +349,18 @@ def test_apgd_records_lower_the_worst_case_and_the_board_says_by_how_much():
         ]
     ]
     assert (table["apgd_added_k"] == broke).all() and (table["apgd_added_n"] == table["worst8_n"]).all()
-    md = lb.render_markdown(records, table)
+    md = render_markdown(records, table)
     assert "| APGD added@8/255 |" in md and "APGD-CE and APGD-T" in md
     assert "- APGD (L∞): ε ∈ {8/255}; losses apgd-ce+apgd-t" in md
     # Without APGD records the board has no such column: published boards stay as they were.
     assert "apgd_added_acc" not in plain.columns
-    assert "APGD" not in lb.render_markdown(make_study(alphas=(0.5, 1.0)), plain)
+    assert "APGD" not in render_markdown(make_study(alphas=(0.5, 1.0)), plain)
 
 
 def test_a_row_without_apgd_where_others_have_it_has_no_worst_case():
     records = make_study(alphas=(0.5, 1.0), attacks=("fgsm", "pgd", "apgd", "cw"))
     records = [r for r in records if not (r["model"]["alpha"] == 1.0 and r["attack"] == "apgd")]
-    table = lb.build_table(records)
+    table = build_table(records)
     assert set(table["missing"][table["alpha"] == 1.0]) == {"apgd"}
     assert table["worst8_acc"][table["alpha"] == 1.0].isna().all()
 

@@ -1,5 +1,9 @@
-"""Figures of the series: each metric against α and against ρ, and what fine-tuning gained, with the
-95% CI over images of every point as its error bar."""
+"""The board's figures, as PNGs that are the same bytes for the same records.
+
+From the verdict boards: each metric along the width and resolution series and what fine-tuning
+gained, with the 95% CI over images of every point as its error bar. From the table: robust
+accuracy against ε and worst-case robust accuracy against MACs, with Wilson 95% CIs.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,23 @@ import io
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
+from matplotlib import colormaps
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
+from robust_mnv1.records import REGIMES
+
+# The verdict figures name a regime as the verdicts do ("standard training"), the table's figures
+# as the table does ("standard").
+from robust_mnv1.report.table import REGIME_LABELS as TABLE_REGIME_LABELS
 from robust_mnv1.report.verdicts import REGIME_LABELS, Board, Metric, Series
 
+# The names of the figures, in the order the board links them.
+FIGURES = ("width_series", "resolution_series", "finetune_gain", "robust_acc_vs_eps", "robustness_vs_macs")
 _STYLE = {"standard": ("-", "o"), "pgd-at": ("--", "s"), "fast-at": (":", "^"), "trades": ("-.", "D")}
 
 
@@ -122,3 +137,146 @@ def plot_gains(boards: Mapping[str, Board], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     save_png(fig, path)
+
+
+def _model_colors(table: pd.DataFrame) -> dict[str, Any]:
+    models = (
+        table.sort_values(["alpha", "rho", "model"], kind="mergesort")["model"].drop_duplicates().tolist()
+    )
+    cmap = colormaps["viridis"]
+    return {m: cmap(i / max(1, len(models) - 1) * 0.9) for i, m in enumerate(models)}
+
+
+def _note(ax: Any, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=9)
+    ax.set_axis_off()
+
+
+def _data_labels(table: pd.DataFrame) -> dict[str, str]:
+    return {k: " / ".join(sorted(set(g["data_label"]))) for k, g in table.groupby("data_key", sort=True)}
+
+
+def plot_eps(table: pd.DataFrame, curves: pd.DataFrame, path: Path) -> None:
+    """One row per dataset: PGD and FGSM robust accuracy against ε (0 = clean) for every model and
+    regime of ``table``, from the ``curves`` of its records, with Wilson 95% CIs."""
+    labels = _data_labels(table)
+    colors = _model_colors(table)
+    fig = Figure(figsize=(12, 4.5 * len(labels)), layout="constrained")
+    axes = fig.subplots(len(labels), 2, squeeze=False)
+    for (data_key, label), ax_row in zip(labels.items(), axes, strict=True):
+        for ax, attack, name in ((ax_row[0], "pgd", "PGD"), (ax_row[1], "fgsm", "FGSM")):
+            sub = (
+                curves[(curves["data_key"] == data_key) & (curves["attack"] == attack)]
+                if len(curves)
+                else curves
+            )
+            if sub.empty:
+                _note(ax, f"{label}: no {name} records")
+                continue
+            for (model, regime), g in sub.groupby(["model", "regime"], sort=True):
+                clean = table[
+                    (table["data_key"] == data_key) & (table["model"] == model) & (table["regime"] == regime)
+                ]
+                g = g.sort_values("eps_255")
+                c = clean.iloc[0]
+                xs = [0.0, *g["eps_255"]]
+                ys = 100 * np.array([c["clean_acc"], *g["acc"]])
+                lo = 100 * np.array([c["clean_lo"], *g["lo"]])
+                hi = 100 * np.array([c["clean_hi"], *g["hi"]])
+                style, marker = _STYLE[regime]
+                ax.errorbar(
+                    xs,
+                    ys,
+                    yerr=[ys - lo, hi - ys],
+                    linestyle=style,
+                    marker=marker,
+                    capsize=2,
+                    color=colors[model],
+                    label=f"{model} ({TABLE_REGIME_LABELS[regime]})",
+                )
+            ax.set_title(f"{label}: {name} (L∞) robust accuracy, Wilson 95% CIs")
+            ax.set_xlabel("ε (×1/255; 0 = clean)")
+            ax.set_ylabel("accuracy (%)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=6)
+    save_png(fig, path)
+
+
+def _pareto(points: pd.DataFrame) -> pd.DataFrame:
+    """Rows not beaten by a cheaper-or-equal model with higher-or-equal robustness."""
+    ordered = points.sort_values(["macs_m", "worst8_acc"], ascending=[True, False], kind="mergesort")
+    best = -math.inf
+    keep = []
+    for idx, acc in ordered["worst8_acc"].items():
+        if acc > best:
+            keep.append(idx)
+            best = acc
+    return ordered.loc[keep]
+
+
+def plot_macs(table: pd.DataFrame, path: Path) -> None:
+    """One panel per dataset: worst-case@8/255 robust accuracy against MACs by regime (Wilson 95%
+    CIs), an arrow from each standard model to its fine-tuned rows, and the Pareto front."""
+    labels = _data_labels(table)
+    fig = Figure(figsize=(8, 5 * len(labels)), layout="constrained")
+    axes = fig.subplots(len(labels), 1, squeeze=False)
+    for (data_key, label), (ax,) in zip(labels.items(), axes, strict=True):
+        rows = table[(table["data_key"] == data_key) & np.isfinite(table["worst8_acc"])]
+        if rows.empty:
+            _note(ax, f"{label}: no worst-case@8/255 results")
+            continue
+        std = rows[rows["regime"] == "standard"].set_index("model")
+        for _, r in rows[rows["regime"] != "standard"].iterrows():
+            if r["model"] in std.index:  # before -> after fine-tuning
+                before = std.loc[r["model"]]
+                ax.annotate(
+                    "",
+                    xy=(r["macs_m"], 100 * r["worst8_acc"]),
+                    xytext=(before["macs_m"], 100 * before["worst8_acc"]),
+                    arrowprops={"arrowstyle": "->", "color": "0.6", "lw": 0.8},
+                )
+        for regime in REGIMES:
+            g = rows[rows["regime"] == regime]
+            if not g.empty:
+                ys = 100 * g["worst8_acc"]
+                ax.errorbar(
+                    g["macs_m"],
+                    ys,
+                    yerr=[ys - 100 * g["worst8_lo"], 100 * g["worst8_hi"] - ys],
+                    fmt=_STYLE[regime][1],
+                    capsize=3,
+                    label=TABLE_REGIME_LABELS[regime],
+                )
+        front = _pareto(rows)
+        ax.step(
+            front["macs_m"], 100 * front["worst8_acc"], where="post", color="k", lw=1, label="Pareto front"
+        )
+        ax.scatter(front["macs_m"], 100 * front["worst8_acc"], s=120, facecolors="none", edgecolors="k")
+        ax.set_xscale("log")
+        # Plain numbers (3, 10, 40) read better than 3×10^0 on a short log axis.
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.set_title(f"{label}: worst-case@8/255 robust accuracy vs MACs")
+        ax.set_xlabel("MACs (M, log scale)")
+        ax.set_ylabel("worst-case@8/255 accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    save_png(fig, path)
+
+
+def draw_all(
+    figures_dir: Path, boards: Mapping[str, Board], table: pd.DataFrame, curves: pd.DataFrame
+) -> dict[str, Path]:
+    """Write every figure of :data:`FIGURES` to ``figures_dir/<name>.png``; returns the paths by name.
+
+    ``table`` and ``curves`` come from :func:`robust_mnv1.report.table.build_table` and
+    :func:`~robust_mnv1.report.table.build_eps_curves`.
+    """
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    paths = {name: figures_dir / f"{name}.png" for name in FIGURES}
+    plot_series(boards, "width", paths["width_series"])
+    plot_series(boards, "resolution", paths["resolution_series"])
+    plot_gains(boards, paths["finetune_gain"])
+    plot_eps(table, curves, paths["robust_acc_vs_eps"])
+    plot_macs(table, paths["robustness_vs_macs"])
+    return paths

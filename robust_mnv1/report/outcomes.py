@@ -50,7 +50,8 @@ def _mask(record: Mapping[str, Any]) -> np.ndarray | None:
     return decode_mask(clean["correct_mask"], clean["n"]) if "correct_mask" in clean else None
 
 
-def _eps_key(eps_255: float) -> float:
+def eps_key(eps_255: float) -> float:
+    """The grid point of a recorded eps: JSON floats make 8 and 7.99999999 the same point."""
     return round(float(eps_255), 4)
 
 
@@ -67,7 +68,7 @@ def _from_records(records: Sequence[Mapping[str, Any]], families: set[str]) -> O
             e
             for r in linf
             for e in r["eps_results"]
-            if e["norm"] == "linf" and _eps_key(e["eps_255"]) == eps and attack in ("worst", e["attack"])
+            if e["norm"] == "linf" and eps_key(e["eps_255"]) == eps and attack in ("worst", e["attack"])
         ]
         # A worst case needs every L-inf family its dataset's records hold, so all models compare alike.
         if not entries or (attack == "worst" and {e["attack"] for e in entries} != families):

@@ -22,12 +22,13 @@ from __future__ import annotations
 import math
 import warnings
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
-from robust_mnv1.report.outcomes import Outcomes
+from robust_mnv1.report.outcomes import Outcomes, collect
 from robust_mnv1.report.paired import (
     holm,
     image_draws,
@@ -483,3 +484,9 @@ def analyse(outcomes: Sequence[Outcomes], data_key: str) -> Board:
     adjusted = holm([t.p for t in tests]) if tests else []
     tests = [replace(t, p_holm=float(p)) for t, p in zip(tests, adjusted, strict=True)]
     return Board(series, stats, tests, spreads, skipped, finetune_gains(series, mine))
+
+
+def analyse_all(records: Iterable[Mapping[str, Any]]) -> dict[str, Board]:
+    """The :class:`Board` of each dataset of the run ``records``, keyed and ordered by dataset key."""
+    outcomes = collect(records)
+    return {key: analyse(outcomes, key) for key in sorted({o.data_key for o in outcomes})}
