@@ -43,7 +43,17 @@ from torch import nn
 from robust_mnv1.atomic import atomic_write, atomic_write_json
 from robust_mnv1.checkpoint import cache_key, sidecar, weights_digest
 from robust_mnv1.cli import preflight, register_experiments, register_resolvers, user_errors_exit
-from robust_mnv1.config_check import BOOL, COUNT, choice, integer, number, optional, pattern, validate
+from robust_mnv1.config_check import (
+    BOOL,
+    COUNT,
+    Rule,
+    choice,
+    integer,
+    number,
+    optional,
+    pattern,
+    validate,
+)
 from robust_mnv1.data import Dataset, Split, load_dataset
 from robust_mnv1.envinfo import git_commit
 from robust_mnv1.errors import UserError
@@ -67,8 +77,10 @@ __all__ = [
     "Latency",
     "SeparableResize",
     "cached_model",
+    "check_group",
     "compare_latency",
     "edge_latency",
+    "export_cached",
     "export_files",
     "export_onnx",
     "model_source",
@@ -332,12 +344,16 @@ def export_files(
     stem: str,
     ecfg: DictConfig,
     source: Mapping[str, Any],
+    *,
+    keep_logits: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Write ``stem.onnx``, ``stem.int8.onnx`` (unless ``ecfg.int8.enabled`` is false) and
     ``stem.export.json`` for ``model`` into ``out_dir``; return the report the JSON holds.
 
     ``ecfg`` is the ``export`` config group; ``source`` names the model (cache entry, regime, weights)
-    in the report and in the ONNX files' metadata.
+    in the report and in the ONNX files' metadata. ``keep_logits``, when given, receives the logits
+    the accuracies come from (keys ``pytorch``, ``onnx fp32``, ``onnx int8``), one row per image of
+    ``stratified_images(dataset.test, ecfg.eval_images)``, for callers that need more than accuracy.
     """
     import onnx
     import onnxruntime as ort
@@ -417,29 +433,60 @@ def export_files(
         }
     report["test_accuracy"] = {"images": len(y), **{k: _accuracy(v, y) for k, v in logits.items()}}
     atomic_write_json(out_dir / f"{stem}.export.json", report)
+    if keep_logits is not None:
+        keep_logits.update(logits)
     return report
 
 
+def export_cached(
+    cfg: DictConfig,
+    dataset: Dataset,
+    model: MobileNetV1,
+    meta: dict,
+    entry: Path,
+    *,
+    keep_logits: dict[str, np.ndarray] | None = None,
+) -> tuple[dict[str, Any], Path]:
+    """Export :func:`cached_model`'s answer for ``cfg`` as ``python -m robust_mnv1.export`` does: into
+    ``export.out_dir``, or next to its checkpoint in the cache entry. Returns the report and the
+    directory that holds the files; ``keep_logits`` as for :func:`export_files`."""
+    ecfg = cfg.export
+    out_dir = Path(os.path.expanduser(ecfg.out_dir)) if ecfg.out_dir else entry
+    source = model_source(model, meta, ecfg.regime, entry)
+    # Whoever writes into a cache entry holds its lock: a run loading the same model meanwhile clears
+    # the entry's temp files (robust_mnv1.train), which would include the export's half-written ones.
+    with exclusive(entry / ".lock") if out_dir.resolve() == entry.resolve() else contextlib.nullcontext():
+        report = export_files(model, dataset, out_dir, entry.name, ecfg, source, keep_logits=keep_logits)
+    return report, out_dir
+
+
 def cached_model(
-    cfg: DictConfig, dataset: Dataset, device: torch.device, *, regime: str, train_missing: bool
+    cfg: DictConfig,
+    dataset: Dataset,
+    device: torch.device,
+    *,
+    regime: str,
+    train_missing: bool,
+    train_key: str = "export.train_missing",
 ) -> tuple[MobileNetV1, dict, Path]:
     """The trained model ``cfg`` and ``regime`` name, its checkpoint's metadata and its cache entry.
 
     Found by the keys :mod:`robust_mnv1.zoo` files models under, so a model the study trained is
     loaded, never retrained. A model the cache lacks is a :class:`UserError` unless
-    ``train_missing``: then the zoo trains (and caches) it as the study would.
+    ``train_missing``: then the zoo trains (and caches) it as the study would. The error names
+    ``train_key``, the setting that allows that.
     """
     models = cache_root(cfg) / "models"
     name = make_model(cfg, dataset).name
     entry = models / f"{name}-standard-{standard_key(cfg)}"
-    _require_trained(entry, "standard", train_missing)
+    _require_trained(entry, "standard", train_missing, train_key)
     model, meta = standard_model(cfg, dataset, device)
     if regime == "standard":
         return model, meta, entry
     fcfg = OmegaConf.to_container(cfg.finetune, resolve=True)
     key = cache_key("finetune", meta["key"], weights_digest(model), fcfg, cfg.seed)
     entry = models / f"{name}-{regime}-{key}"
-    _require_trained(entry, regime, train_missing)
+    _require_trained(entry, regime, train_missing, train_key)
     tuned, tuned_meta = finetuned_model(cfg, dataset, device, model, meta)
     return tuned, tuned_meta, entry
 
@@ -455,12 +502,12 @@ def model_source(model: MobileNetV1, meta: dict, regime: str, entry: Path) -> di
     }
 
 
-def _require_trained(entry: Path, regime: str, train_missing: bool) -> None:
+def _require_trained(entry: Path, regime: str, train_missing: bool, train_key: str) -> None:
     if not train_missing and not sidecar(entry / "final.safetensors").exists():
         raise UserError(
             f"no trained {regime} model in the cache at {entry}; pick a cached one (experiment, "
             "model.alpha, model.rho, data, seed, cache_dir as it was trained) or set "
-            "export.train_missing=true to train it"
+            f"{train_key}=true to train it"
         )
 
 
@@ -555,6 +602,22 @@ def edge_latency(
         return compare_latency(calls, reps=reps, warmup=warmup, blocks=blocks)
 
 
+def check_group(name: str, group: DictConfig, rules: Mapping[str, Rule]) -> None:
+    """One-line :class:`UserError` for the first key of config group ``name`` that ``rules`` (keyed
+    ``key`` or ``sub.key``) does not know, refuses, or lacks."""
+    values = OmegaConf.to_container(group, resolve=True)
+    flat = {f"{k}.{kk}": vv for k, v in values.items() if isinstance(v, dict) for kk, vv in v.items()}
+    flat.update({k: v for k, v in values.items() if not isinstance(v, dict)})
+    for key, value in flat.items():
+        if key not in rules:
+            raise UserError(f"unknown key {name}.{key}; valid keys under {name}: {', '.join(rules)}")
+        if not rules[key].ok(value):
+            raise UserError(f"{name}.{key} must be {rules[key].text}, got {value!r}")
+    missing = [key for key in rules if key not in flat]
+    if missing:
+        raise UserError(f"{name}.{missing[0]} is missing; it must be {rules[missing[0]].text}")
+
+
 def check_config(cfg: DictConfig) -> None:
     """The run's checks (:func:`robust_mnv1.config_check.validate`) and the ``export`` group's keys."""
     for module in ("onnx", "onnxruntime"):
@@ -564,17 +627,7 @@ def check_config(cfg: DictConfig) -> None:
     with open_dict(run):
         ecfg = run.pop("export")
     validate(run)
-    values = OmegaConf.to_container(ecfg, resolve=True)
-    flat = {f"{k}.{kk}": vv for k, v in values.items() if isinstance(v, dict) for kk, vv in v.items()}
-    flat.update({k: v for k, v in values.items() if not isinstance(v, dict)})
-    for key, value in flat.items():
-        if key not in _EXPORT_RULES:
-            raise UserError(f"unknown key export.{key}; valid keys under export: {', '.join(_EXPORT_RULES)}")
-        if not _EXPORT_RULES[key].ok(value):
-            raise UserError(f"export.{key} must be {_EXPORT_RULES[key].text}, got {value!r}")
-    missing = [key for key in _EXPORT_RULES if key not in flat]
-    if missing:
-        raise UserError(f"export.{missing[0]} is missing; it must be {_EXPORT_RULES[missing[0]].text}")
+    check_group("export", ecfg, _EXPORT_RULES)
     regimes = ("standard", cfg.finetune.regime)
     if ecfg.regime not in regimes:
         raise UserError(
@@ -592,12 +645,7 @@ def _main(cfg: DictConfig) -> None:
     model, meta, entry = cached_model(
         cfg, dataset, resolve_device(cfg.device), regime=ecfg.regime, train_missing=ecfg.train_missing
     )
-    out_dir = Path(os.path.expanduser(ecfg.out_dir)) if ecfg.out_dir else entry
-    source = model_source(model, meta, ecfg.regime, entry)
-    # Whoever writes into a cache entry holds its lock: a run loading the same model meanwhile clears
-    # the entry's temp files (robust_mnv1.train), which would include the export's half-written ones.
-    with exclusive(entry / ".lock") if out_dir.resolve() == entry.resolve() else contextlib.nullcontext():
-        report = export_files(model, dataset, out_dir, entry.name, ecfg, source)
+    report, out_dir = export_cached(cfg, dataset, model, meta, entry)
     acc = report["test_accuracy"]
     how = "trained now" if meta["trained"] else "from the cache"
     print(f"{model.name} {ecfg.regime} on {dataset.label} ({how})")
