@@ -37,7 +37,7 @@ def test_experiment_overrides_defaults():
     cfg = compose_config(["experiment=pgd_alpha025"])
     assert list(cfg.attack) == ["pgd"] and cfg.model.alpha == 0.25
     study = compose_config(["experiment=study"])
-    assert sorted(study.attack) == ["cw", "fgsm", "pgd"]
+    assert sorted(study.attack) == ["apgd", "cw", "fgsm", "pgd"]
     # The study's answer is on the shared JPEG copy, with the batch sizes its records were hashed with.
     assert study.data.name == "imagefolder" and "cifar10-jpeg" in study.data.root
     assert [study.attack[a].batch_size for a in ("fgsm", "pgd", "cw")] == [500, 500, 1000]
