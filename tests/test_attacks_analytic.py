@@ -13,20 +13,12 @@ from tests._attack_models import NUM_CLASSES, linear_batch, orthogonal_linear, s
 pytestmark = pytest.mark.usefixtures(single_thread.__name__)
 
 
-@pytest.mark.parametrize(
-    ("seed", "spread", "share"),
-    [
-        (0, 1.0, 0.95),
-        (1, 1.0, 0.95),
-        (0, 0.2, 0.95),
-        (1, 0.2, 0.95),
-        # A known limit: near lr per pixel (here 0.003 per pixel, as an undefended CIFAR-10 model's
-        # median distance), Adam's first steps overshoot and a few samples stay 2-90% above the
-        # minimum: 93% within 2% here (91% with seed 1), with a median ratio of 1.003.
-        (0, 0.05, 0.9),
-    ],
-)
-def test_cw_defaults_find_the_exact_minimal_l2_distance_of_a_linear_model(seed, spread, share):
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("spread", [1.0, 0.2, 0.05])
+def test_cw_defaults_find_the_exact_minimal_l2_distance_of_a_linear_model(seed, spread):
+    # The bar for C&W's defaults, at median distances of 0.05, 0.01 and 0.003 per pixel (the last as an
+    # undefended CIFAR-10 model's): 95% of the samples within 2% of the exact minimum. At 0.003 it
+    # needs the binary search's verdict to ignore the first steps' crossings (91-93% without).
     model = orthogonal_linear(seed)
     x, y, exact = linear_batch(200, seed, model, spread=spread)
     assert x.shape[0] == 200 and len(y.unique()) == NUM_CLASSES
@@ -34,8 +26,23 @@ def test_cw_defaults_find_the_exact_minimal_l2_distance_of_a_linear_model(seed, 
     assert res.success.all()
     ratio = res.l2 / exact
     assert (ratio >= 1 - 1e-4).all()  # no attack can beat the true minimum
-    assert (ratio <= 1.02).float().mean() >= share
+    assert (ratio <= 1.02).float().mean() >= 0.95
     assert ratio.median() <= 1.005
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_cw_line_search_shortens_the_distances_of_a_linear_model(seed):
+    # At 0.003 per pixel Adam's last steps (lr/10 per pixel) still overshoot the boundary along the
+    # final direction; the line search walks most samples back (93% and 91.5% within 1% without it).
+    model = orthogonal_linear(seed)
+    x, y, exact = linear_batch(200, seed, model, spread=0.05)
+    searched = CarliniWagnerL2()(model, x, y)
+    plain = CarliniWagnerL2(line_search_steps=0)(model, x, y)
+    assert torch.equal(searched.success, plain.success) and searched.success.all()
+    assert (searched.l2 <= plain.l2).all()
+    assert (searched.l2 < plain.l2).float().mean() >= 0.75
+    assert (searched.l2 / exact >= 1 - 1e-4).all()
+    assert (searched.l2 / exact <= 1.01).float().mean() >= 0.95
 
 
 def test_fgsm_matches_the_closed_form_step_on_a_linear_model():

@@ -13,6 +13,7 @@ from torch import nn
 
 from attacks import APGD, APGDT, FGSM, PGD, AttackResult, CarliniWagnerL2, worst_case
 from attacks.fixed_eps import FixedEpsAttack
+from attacks.losses import other_max
 from tests._attack_models import seeded, single_thread, synthetic_batch, tiny_cnn, trained_cnn
 
 pytestmark = pytest.mark.usefixtures(single_thread.__name__)
@@ -58,6 +59,8 @@ class CountingModel(nn.Module):
         (CarliniWagnerL2, {"lr": 0.0}, "lr"),
         (CarliniWagnerL2, {"confidence": -1.0}, "confidence"),
         (CarliniWagnerL2, {"initial_const": 0.0}, "initial_const"),
+        (CarliniWagnerL2, {"line_search_steps": -1}, "line_search_steps"),
+        (CarliniWagnerL2, {"line_search_steps": 2.0}, "line_search_steps"),
     ],
 )
 def test_constructor_rejects_bad_arguments_naming_them(cls, kwargs, name):
@@ -361,6 +364,29 @@ def test_cw_moves_pixels_that_sit_exactly_on_the_box_edges():
     res = CarliniWagnerL2(steps=100, binary_search_steps=5, lr=0.01)(model, x, y)
     assert res.success.all()
     assert res.l2.median() < 0.5
+
+
+@pytest.mark.parametrize("confidence", [0.0, 0.5])
+def test_cw_line_search_keeps_every_success_and_never_lengthens_a_distance(confidence):
+    # A small budget leaves overshoot to remove; the images have pixels at exactly 0 and 1. The line
+    # search runs after the optimisation, so with line_search_steps=0 the attack stops at the points
+    # the search starts from.
+    model = trained_cnn()
+    x, y = synthetic_batch(64, 10)
+    budget = {"steps": 30, "binary_search_steps": 4, "confidence": confidence}
+    searched = CarliniWagnerL2(**budget)(model, x, y)
+    plain = CarliniWagnerL2(**budget, line_search_steps=0)(model, x, y)
+    assert plain.success.sum() >= 20
+    assert torch.equal(searched.success, plain.success)
+    assert (searched.l2 <= plain.l2).all()
+    assert (searched.l2[plain.success] < plain.l2[plain.success]).float().mean() >= 0.9
+    assert ((searched.x_adv >= 0) & (searched.x_adv <= 1)).all()
+    assert torch.equal(searched.x_adv[~searched.success], x[~searched.success])
+    with torch.no_grad():
+        logits = model(searched.x_adv[searched.success])
+    y_broken = y[searched.success]
+    true = logits.gather(1, y_broken[:, None]).squeeze(1)
+    assert (true + confidence < other_max(logits, y_broken)).all()
 
 
 def test_worst_case_takes_any_success_and_the_smallest_distance():
