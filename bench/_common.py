@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from robust_mnv1.data import Split
-from robust_mnv1.errors import UserError
-from robust_mnv1.malloc import keep_freed_memory
-from robust_mnv1.train import Objective, cudnn_autotuning, fit
-from robust_mnv1.zoo import resolve_device
+from robust_mnv1.infra.device import resolve_device
+from robust_mnv1.infra.errors import UserError
+from robust_mnv1.infra.malloc import keep_freed_memory
+from robust_mnv1.training.fit import Objective, cudnn_autotuning, fit
 
 IMAGE_SIZE = 32
 NUM_CLASSES = 10
@@ -166,7 +166,7 @@ def project_fit(
     seed: int,
     cuda_graph: bool,
 ) -> Throughput:
-    """The second epoch of a two-epoch :func:`robust_mnv1.train.fit` over ``train``, timed.
+    """The second epoch of a two-epoch :func:`robust_mnv1.training.fit.fit` over ``train``, timed.
 
     The first epoch is the warm-up (kernel selection, allocations, the CUDA graph's capture). The
     clock runs between the two ``on_epoch_end`` calls, each after a synchronisation, so it covers
@@ -222,7 +222,7 @@ class PlainLoop:
     Like the reference loop of the performance targets: each batch is a shuffled gather from the resident
     uint8 images, a random 4-pixel-shifted crop (zero padding) and horizontal flip done on the device,
     and a conversion to float. Same model, batch size, optimizer (SGD, momentum, Nesterov, weight
-    decay) and precision policy as :mod:`robust_mnv1.train` (channels_last; fp32 on CPU; bf16
+    decay) and precision policy as :mod:`robust_mnv1.training.fit` (channels_last; fp32 on CPU; bf16
     autocast and cuDNN autotuning on CUDA), but no loader object, schedule or bookkeeping. With
     ``pgd`` each step first crafts the batch with a hand-written sign-gradient PGD, the model in eval
     mode, then trains on it.

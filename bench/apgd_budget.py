@@ -22,12 +22,12 @@ import torch
 from omegaconf import OmegaConf
 
 from attacks.base import QueryCounter
-from robust_mnv1 import evaluate as ev
-from robust_mnv1.cli import compose_config
+from robust_mnv1.config.compose import compose_config
 from robust_mnv1.data import load_dataset
-from robust_mnv1.envinfo import cpu_name
-from robust_mnv1.study import Unit
-from robust_mnv1.zoo import cache_root, finetuned_model, standard_key, standard_model
+from robust_mnv1.evaluation import protocol as ev
+from robust_mnv1.evaluation.study import Unit
+from robust_mnv1.infra.envinfo import cpu_name
+from robust_mnv1.training.model_cache import cache_root, finetuned_model, standard_key, standard_model
 
 # name -> (APGD-CE steps, APGD-T steps, target classes)
 BUDGETS = {

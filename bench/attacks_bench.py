@@ -59,10 +59,11 @@ def build(alpha: float) -> tuple[nn.Module, str]:
     """MobileNet V1 from robust_mnv1 if it imports, else the local CNN; returns the model and its name.
 
     With robust_mnv1 the model is in channels_last and the allocator keeps freed memory, as the
-    suite attacks its models (robust_mnv1.train, robust_mnv1.malloc); every library gets the same.
+    suite attacks its models (robust_mnv1.training.fit, robust_mnv1.infra.malloc); every library gets
+    the same.
     """
     try:
-        from robust_mnv1.malloc import keep_freed_memory
+        from robust_mnv1.infra.malloc import keep_freed_memory
         from robust_mnv1.models import build_model
     except ImportError:
         return small_cnn(), "local small CNN (robust_mnv1.models not importable)"

@@ -3,7 +3,7 @@
 The model comes from the model cache, selected with the export CLI's overrides (``experiment``,
 ``model.alpha``, ``model.rho``, ``seed``, ``export.regime``, see ``python -m robust_mnv1.export``); it is
 exported and quantized into a temporary directory (or ``--out``) exactly as that CLI does, then timed by
-:func:`robust_mnv1.export.edge_latency`: one image, batch 1, one thread for PyTorch and for onnxruntime's
+:func:`robust_mnv1.edge.export.edge_latency`: one image, batch 1, one thread for PyTorch and for onnxruntime's
 CPU execution provider, an untimed warm-up, then ``--reps`` single calls per engine interleaved in
 blocks, so that a change in the machine's load falls on every engine. The table gives the median and
 the spread (p10, p90, interquartile range) of those calls and each engine's speed-up over eager
@@ -26,13 +26,13 @@ import pandas as pd
 import torch
 from _common import print_table
 
-from robust_mnv1.cli import compose_config
+from robust_mnv1.config.compose import compose_config
 from robust_mnv1.data import load_dataset
-from robust_mnv1.envinfo import cpu_name
-from robust_mnv1.errors import UserError
-from robust_mnv1.export import cached_model, check_config, edge_latency, export_files, model_source
-from robust_mnv1.malloc import keep_freed_memory
-from robust_mnv1.zoo import cache_root
+from robust_mnv1.edge.export import cached_model, check_config, edge_latency, export_files, model_source
+from robust_mnv1.infra.envinfo import cpu_name
+from robust_mnv1.infra.errors import UserError
+from robust_mnv1.infra.malloc import keep_freed_memory
+from robust_mnv1.training.model_cache import cache_root
 
 QUICK = [
     "model.alpha=0.25",

@@ -27,10 +27,10 @@ from omegaconf import DictConfig, OmegaConf
 from study_bench import PassCounter, timed
 
 from attacks import PGD, worst_case
-from robust_mnv1 import evaluate as ev
-from robust_mnv1.cli import compose_config
+from robust_mnv1.config.compose import compose_config
 from robust_mnv1.data import load_dataset
-from robust_mnv1.zoo import cache_root, finetuned_model, standard_model
+from robust_mnv1.evaluation import protocol as ev
+from robust_mnv1.training.model_cache import cache_root, finetuned_model, standard_model
 
 QUICK = ["experiment=smoke", "train.epochs=2", "finetune.epochs=1"]
 CW_BUDGETS = "100:0.01,300:0.003,1000:0.001"

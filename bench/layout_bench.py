@@ -6,7 +6,7 @@ eval mode, as PGD runs it). The input stays NCHW in both, as the suite's data ar
 model's weights (and so its activations) change layout. Precision follows the suite: fp32 on CPU,
 bf16 autocast on CUDA. Each figure is the best of the timed repeats after two warm-up steps.
 
-This is the measurement behind ``robust_mnv1.train`` putting models in channels_last on every device.
+This is the measurement behind ``robust_mnv1.training.fit`` putting models in channels_last on every device.
 
 Run from the repository root: ``python bench/layout_bench.py --device cpu --quick``.
 """
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from _common import IMAGE_SIZE, NUM_CLASSES, bench_parser, describe, print_table, setup, synchronize
 
 from robust_mnv1.models import build_model
-from robust_mnv1.step import autocast_for
+from robust_mnv1.training.step import autocast_for
 
 LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 

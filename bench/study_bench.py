@@ -33,12 +33,12 @@ from _common import (
 )
 from omegaconf import DictConfig, OmegaConf
 
-from robust_mnv1 import evaluate as ev
-from robust_mnv1.adversarial import make_objective
-from robust_mnv1.cli import compose_config
+from robust_mnv1.config.compose import compose_config
 from robust_mnv1.cost import layer_costs
+from robust_mnv1.evaluation import protocol as ev
 from robust_mnv1.models import build_model
-from robust_mnv1.train import cross_entropy_objective, evaluate_accuracy
+from robust_mnv1.training.fit import cross_entropy_objective, evaluate_accuracy
+from robust_mnv1.training.objectives import make_objective
 
 # CIFAR-10, the dataset of pgd_alpha100 and the study.
 TRAIN_IMAGES = 50_000
@@ -333,7 +333,8 @@ def main(argv: list[str] | None = None) -> None:
         + (" (--quick: alpha 0.25 stands in for pgd_alpha100's alpha 1.0)" if args.quick else ""),
         f"train stages: batch {batch}, {sizes.std_batches} (standard) / {sizes.ft_batches} (fine-tuning) "
         "timed batches of synthetic CIFAR-shaped noise; project = the second epoch of a two-epoch "
-        "robust_mnv1.train.fit (the first is its warm-up), plain = the hand-written loop of train_bench "
+        "robust_mnv1.training.fit.fit (the first is its warm-up), plain = the hand-written loop of "
+        "train_bench "
         "after one untimed batch",
         "eval stages: synthetic images labelled with the fine-tuned model's own predictions (none skipped "
         "as misclassified); each stage = clean accuracy + the attack over its eps grid, as a unit runs it",

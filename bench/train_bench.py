@@ -3,7 +3,7 @@
 Two workloads on MobileNet V1 (CIFAR profile, 32x32, 10 classes): a standard step (recipe
 ``conf/train/standard.yaml``) and a PGD-7 adversarial step (``conf/finetune/pgd_at.yaml``: L-inf eps
 8/255, step 2/255, 7 steps, random start). "project" is the second epoch of a two-epoch
-:func:`robust_mnv1.train.fit` over a synthetic uint8 split, run as the suite runs it on the device
+:func:`robust_mnv1.training.fit.fit` over a synthetic uint8 split, run as the suite runs it on the device
 (CUDA graph replay on CUDA), so it pays for the device loader, on-device augmentation, the LR
 schedule and bookkeeping; on CUDA "eager" is the same without graphs. "plain" is
 :class:`_common.PlainLoop`. All use the same precision policy; each figure is the best of the
@@ -32,10 +32,10 @@ from _common import (
 )
 from omegaconf import DictConfig, OmegaConf
 
-from robust_mnv1.adversarial import make_objective
-from robust_mnv1.cli import compose_config
+from robust_mnv1.config.compose import compose_config
 from robust_mnv1.models import build_model
-from robust_mnv1.train import cross_entropy_objective
+from robust_mnv1.training.fit import cross_entropy_objective
+from robust_mnv1.training.objectives import make_objective
 
 WORKLOADS = ("standard", "pgd7")
 
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     notes = [
         "synthetic uint8 CIFAR-shaped data; MobileNet V1 cifar profile, 10 classes",
-        "project: the second epoch of a two-epoch robust_mnv1.train.fit, as the suite trains here"
+        "project: the second epoch of a two-epoch robust_mnv1.training.fit.fit, as the suite trains here"
         + (" (CUDA graph replay)" if device.type == "cuda" else "")
         + f" (includes augmentation, LR schedule, bookkeeping and a {FIT_TEST_IMAGES}-image test pass; "
         "excludes set-up, the first epoch's warm-up and the checkpoints)",

@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from robust_mnv1.errors import UserError
+from robust_mnv1.infra.errors import UserError
 from robust_mnv1.report.board import generate
 
 __all__ = ["generate", "main"]

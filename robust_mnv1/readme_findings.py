@@ -13,8 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from robust_mnv1.atomic import atomic_write_text
-from robust_mnv1.errors import UserError
+from robust_mnv1.infra.atomic import atomic_write_text
+from robust_mnv1.infra.errors import UserError
 from robust_mnv1.report.findings import findings_block, splice
 
 

@@ -11,9 +11,9 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from robust_mnv1.cli import preflight, register_experiments, register_resolvers, user_errors_exit
-from robust_mnv1.config_check import validate
-from robust_mnv1.malloc import keep_freed_memory
+from robust_mnv1.config.check import validate
+from robust_mnv1.config.compose import preflight, register_experiments, register_resolvers, user_errors_exit
+from robust_mnv1.infra.malloc import keep_freed_memory
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

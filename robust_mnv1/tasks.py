@@ -8,8 +8,9 @@ import torch
 from omegaconf import DictConfig
 
 from robust_mnv1.data import load_dataset
-from robust_mnv1.threads import choose_threads
-from robust_mnv1.zoo import cache_root, resolve_device, standard_model
+from robust_mnv1.infra.device import resolve_device
+from robust_mnv1.infra.threads import choose_threads
+from robust_mnv1.training.model_cache import cache_root, standard_model
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ def train_task(cfg: DictConfig) -> float:
 
 
 def run_task(cfg: DictConfig) -> float:
-    from robust_mnv1.study import study_task
+    from robust_mnv1.evaluation.study import study_task
 
     threads = choose_threads(cfg.threads)
     torch.set_num_threads(threads)

@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from robust_mnv1.records import REGIMES, config_hash, decode_mask, encode_mask, make_run_id, write_record
-from robust_mnv1.stats import wilson_ci
+from robust_mnv1.evaluation.stats import wilson_ci
+from robust_mnv1.records.schema import REGIMES, config_hash, decode_mask, encode_mask, make_run_id
+from robust_mnv1.records.store import write_record
 
 ALPHAS = (0.25, 0.5, 0.75, 1.0)
 EPS_255 = (1, 2, 4, 8)

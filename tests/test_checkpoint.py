@@ -5,8 +5,14 @@ import pickle
 import pytest
 import torch
 
-from robust_mnv1.checkpoint import cache_key, load_checkpoint, save_checkpoint, sidecar, weights_digest
-from robust_mnv1.errors import UserError
+from robust_mnv1.infra.errors import UserError
+from robust_mnv1.training.checkpoint import (
+    cache_key,
+    load_checkpoint,
+    save_checkpoint,
+    sidecar,
+    weights_digest,
+)
 
 
 def test_round_trip(tmp_path):

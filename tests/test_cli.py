@@ -2,8 +2,8 @@
 
 import pytest
 
-from robust_mnv1.cli import compose_config, experiment_names
-from robust_mnv1.config_check import validate
+from robust_mnv1.config.check import validate
+from robust_mnv1.config.compose import compose_config, experiment_names
 
 from .conftest import run_cli as run
 

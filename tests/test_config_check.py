@@ -13,12 +13,12 @@ import sys
 import pytest
 import torch
 
-from robust_mnv1 import config_check
-from robust_mnv1.cli import compose_config, preflight
-from robust_mnv1.config_check import validate
+from robust_mnv1.config import check as config_check
+from robust_mnv1.config.check import validate
+from robust_mnv1.config.compose import compose_config, preflight
 from robust_mnv1.data import load_dataset
-from robust_mnv1.errors import UserError
-from robust_mnv1.zoo import make_model
+from robust_mnv1.infra.errors import UserError
+from robust_mnv1.training.model_cache import make_model
 
 from ._mounts import tmpfs
 from .conftest import REPO, run_cli
@@ -254,8 +254,8 @@ def test_read_only_directory_is_one_line(key, sub, readonly_dir, sandbox, capsys
 def test_the_check_builds_no_model_and_imports_no_torch(tmp_path):
     """The widest model the check allows would take minutes to build; the check must not try."""
     code = (
-        "import sys\nfrom robust_mnv1.cli import compose_config\n"
-        "from robust_mnv1.config_check import validate\n"
+        "import sys\nfrom robust_mnv1.config.compose import compose_config\n"
+        "from robust_mnv1.config.check import validate\n"
         f"validate(compose_config(['experiment=study', 'model.alpha=4', 'data.root={tmp_path}', "
         f"'cache_dir={tmp_path}', 'results_dir={tmp_path}']))\n"
         "assert 'torch' not in sys.modules"
@@ -265,10 +265,10 @@ def test_the_check_builds_no_model_and_imports_no_torch(tmp_path):
 
 def test_choices_match_the_modules_that_use_them():
     from attacks.losses import LOSSES
-    from robust_mnv1.adversarial import METHODS
     from robust_mnv1.data.sources import _SOURCES
-    from robust_mnv1.evaluate import ORDERS
+    from robust_mnv1.evaluation.protocol import ORDERS
     from robust_mnv1.models.mobilenet_v1 import PROFILES
+    from robust_mnv1.training.objectives import METHODS
 
     assert config_check.METHODS == METHODS
     assert config_check.ORDERS == ORDERS

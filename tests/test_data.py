@@ -22,7 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from robust_mnv1.data import DeviceLoader, Split, crop_flip, eval_batches, load_dataset
-from robust_mnv1.errors import UserError
+from robust_mnv1.infra.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO_ROOT / "robust_mnv1" / "conf" / "data"

@@ -18,22 +18,23 @@ pytest.importorskip("onnxruntime")
 
 from scipy.stats import binomtest
 
-from robust_mnv1 import deployed as dp
-from robust_mnv1 import deployed_report
-from robust_mnv1.cli import compose_config
+from robust_mnv1.config.compose import compose_config
 from robust_mnv1.data import load_dataset
-from robust_mnv1.deployed_records import (
+from robust_mnv1.edge import deployed as dp
+from robust_mnv1.edge import deployed_report
+from robust_mnv1.edge.deployed_records import (
     ENGINES,
     VERDICTS,
     paired_comparison,
     read_records,
     validate_deployed_record,
 )
-from robust_mnv1.errors import UserError
-from robust_mnv1.evaluate import eval_subset, run_pgd
-from robust_mnv1.records import RecordError, decode_mask, dumps_record, encode_mask
+from robust_mnv1.evaluation.protocol import eval_subset, run_pgd
+from robust_mnv1.infra.errors import UserError
+from robust_mnv1.records.schema import RecordError, decode_mask, encode_mask
+from robust_mnv1.records.store import dumps_record
 from robust_mnv1.report.paired import mcnemar_exact
-from robust_mnv1.zoo import cache_root, finetuned_model, standard_model
+from robust_mnv1.training.model_cache import cache_root, finetuned_model, standard_model
 
 from .conftest import REPO
 from .test_export import TINY

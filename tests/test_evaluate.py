@@ -1,4 +1,4 @@
-"""The study's L-inf protocol (robust_mnv1.evaluate): PGD's survivors-only chaining across eps, and
+"""The study's L-inf protocol (robust_mnv1.evaluation.protocol): PGD's survivors-only chaining across eps, and
 APGD on what FGSM and PGD left robust."""
 
 import itertools
@@ -10,9 +10,16 @@ from omegaconf import OmegaConf
 
 from attacks import PGD
 from robust_mnv1.data import Split
-from robust_mnv1.errors import UserError
-from robust_mnv1.evaluate import eval_order, eval_subset, run_apgd, run_pgd, square_check, survivors
-from robust_mnv1.records import decode_mask, encode_mask
+from robust_mnv1.evaluation.protocol import (
+    eval_order,
+    eval_subset,
+    run_apgd,
+    run_pgd,
+    square_check,
+    survivors,
+)
+from robust_mnv1.infra.errors import UserError
+from robust_mnv1.records.schema import decode_mask, encode_mask
 
 from ._attack_models import QuantizedInput, synthetic_batch, trained_cnn
 
@@ -75,7 +82,7 @@ def test_margin_attacks_the_ce_survivors_and_can_only_remove_more():
 
 
 def test_eps_with_no_survivors_left_is_not_attacked(monkeypatch):
-    import robust_mnv1.evaluate as ev
+    import robust_mnv1.evaluation.protocol as ev
 
     calls = []
 

@@ -15,12 +15,12 @@ pytest.importorskip("onnxruntime")
 
 import onnx
 
-from robust_mnv1 import export as ex
-from robust_mnv1.cli import compose_config
+from robust_mnv1.config.compose import compose_config
 from robust_mnv1.data import load_dataset
-from robust_mnv1.errors import UserError
+from robust_mnv1.edge import export as ex
+from robust_mnv1.infra.errors import UserError
 from robust_mnv1.models import build_model
-from robust_mnv1.zoo import cache_root, finetuned_model, standard_model
+from robust_mnv1.training.model_cache import cache_root, finetuned_model, standard_model
 
 from .conftest import REPO
 
@@ -122,7 +122,7 @@ def test_int8_of_an_untrained_model_runs(quant_format, per_channel, tmp_path):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A tiny digits model and its PGD-AT fine-tune, trained through the zoo into a fresh cache."""
+    """A tiny digits model and its PGD-AT fine-tune, trained through the model cache into a fresh cache."""
     cache = tmp_path_factory.mktemp("cache")
     cfg = compose_config([*TINY, f"cache_dir={cache}"], "export")
     dataset = load_dataset(cfg.data, cache_root(cfg) / "data")

@@ -8,9 +8,10 @@ import sys
 import pytest
 import torch
 
-from robust_mnv1.layer_timing import kind_shares, time_layers
+from robust_mnv1.cost.layer_timing import kind_shares, time_layers
 from robust_mnv1.models import build_model
-from robust_mnv1.records import RecordWarning, load_profiles
+from robust_mnv1.records.profiles import load_profiles
+from robust_mnv1.records.schema import RecordWarning
 from robust_mnv1.report.markdown import render_markdown
 
 from .conftest import REPO

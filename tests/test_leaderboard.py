@@ -18,8 +18,9 @@ except ImportError:
     from _records import APGD_BREAKS, DATA, make_study, write_study
 
 from robust_mnv1 import leaderboard as lb
-from robust_mnv1.errors import UserError
-from robust_mnv1.records import decode_mask
+from robust_mnv1.evaluation.stats import wilson_ci
+from robust_mnv1.infra.errors import UserError
+from robust_mnv1.records.schema import decode_mask
 from robust_mnv1.report.board import generate
 from robust_mnv1.report.figures import FIGURES
 from robust_mnv1.report.markdown import TABLE_HEADER, render_markdown
@@ -27,7 +28,6 @@ from robust_mnv1.report.outcomes import collect
 from robust_mnv1.report.table import build_table
 from robust_mnv1.report.verdict_text import verdict_lines
 from robust_mnv1.report.verdicts import analyse_all
-from robust_mnv1.stats import wilson_ci
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

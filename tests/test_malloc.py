@@ -1,6 +1,6 @@
 """glibc allocator tuning: applied where glibc is, a no-op elsewhere, never an error."""
 
-from robust_mnv1 import malloc
+from robust_mnv1.infra import malloc
 
 
 def test_keep_freed_memory_sets_glibc_thresholds():
@@ -47,7 +47,7 @@ def test_large_allocations_still_succeed_on_any_thread():
     script = """
 import threading
 import torch
-from robust_mnv1 import malloc
+from robust_mnv1.infra import malloc
 assert malloc.keep_freed_memory() is True
 sums = []
 def allocate():

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robust_mnv1.errors import UserError
+from robust_mnv1.infra.errors import UserError
 from robust_mnv1.models import (
     ALPHAS,
     CIFAR_RHOS,

@@ -22,20 +22,17 @@ except ImportError:
 from hypothesis import given
 from hypothesis import strategies as st
 
-from robust_mnv1.errors import UserError
-from robust_mnv1.records import (
+from robust_mnv1.infra.errors import UserError
+from robust_mnv1.records.schema import (
     RecordError,
     RecordWarning,
-    check_combinable,
     config_hash,
     decode_mask,
     encode_mask,
-    load_records,
     make_run_id,
-    rewrite_strict,
-    validate_record,
-    write_record,
 )
+from robust_mnv1.records.store import check_combinable, load_records, rewrite_strict, write_record
+from robust_mnv1.records.validate import validate_record
 
 
 @pytest.fixture(scope="module")

@@ -9,14 +9,14 @@ import pytest
 import torch
 from safetensors import SafetensorError
 
-import robust_mnv1.checkpoint as checkpoint
-import robust_mnv1.train as train_module
-from robust_mnv1.checkpoint import save_checkpoint, sidecar
-from robust_mnv1.cli import compose_config, user_errors_exit
+import robust_mnv1.training.checkpoint as checkpoint
+import robust_mnv1.training.fit as train_module
+from robust_mnv1.config.compose import compose_config, user_errors_exit
 from robust_mnv1.data import Split
-from robust_mnv1.errors import UserError
+from robust_mnv1.infra.errors import UserError
 from robust_mnv1.models import build_model
-from robust_mnv1.train import cross_entropy_objective, fit
+from robust_mnv1.training.checkpoint import save_checkpoint, sidecar
+from robust_mnv1.training.fit import cross_entropy_objective, fit
 
 from ._mounts import tmpfs
 from .conftest import run_cli
@@ -158,9 +158,9 @@ def test_stale_partial_checkpoints_are_removed_once_a_final_one_exists(tmp_path)
 
 
 def test_epoch_lines_go_through_logging(tmp_path, caplog):
-    with caplog.at_level(logging.INFO, logger="robust_mnv1.train"):
+    with caplog.at_level(logging.INFO, logger="robust_mnv1.training.fit"):
         train(tmp_path / "run", epochs=2)
-    lines = [r.getMessage() for r in caplog.records if r.name == "robust_mnv1.train"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "robust_mnv1.training.fit"]
     assert [line.split(":")[0] for line in lines] == ["tiny epoch 1/2", "tiny epoch 2/2"]
     assert "test_acc" in lines[-1]
 

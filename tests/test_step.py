@@ -11,13 +11,13 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from robust_mnv1.adversarial import make_objective
-from robust_mnv1.errors import UserError
+from robust_mnv1.infra.device import use_cuda_graph
+from robust_mnv1.infra.errors import UserError
 from robust_mnv1.models import build_model
-from robust_mnv1.optim import TensorLRSGD
-from robust_mnv1.step import CapturedStep, EagerStep
-from robust_mnv1.train import cross_entropy_objective
-from robust_mnv1.zoo import use_cuda_graph
+from robust_mnv1.training.fit import cross_entropy_objective
+from robust_mnv1.training.objectives import make_objective
+from robust_mnv1.training.optim import TensorLRSGD
+from robust_mnv1.training.step import CapturedStep, EagerStep
 
 PGD_AT = OmegaConf.create(
     {"method": "pgd", "eps_255": 8, "step_255": 2, "steps": 3, "label_smoothing": 0.0, "beta": 6.0}

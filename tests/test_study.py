@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from robust_mnv1.cli import compose_config
+from robust_mnv1.config.compose import compose_config
 from robust_mnv1.data import load_dataset
-from robust_mnv1.records import decode_mask, dumps_record, load_records, parse_record, validate_record
-from robust_mnv1.zoo import cache_root, finetuned_model, standard_model
+from robust_mnv1.records.schema import decode_mask
+from robust_mnv1.records.store import dumps_record, load_records, parse_record
+from robust_mnv1.records.validate import validate_record
+from robust_mnv1.training.model_cache import cache_root, finetuned_model, standard_model
 
 from .conftest import run_cli
 
@@ -215,12 +217,12 @@ class Killed(Exception):
 
 
 def test_killed_finetuning_resumes(cache_dir, monkeypatch):
-    import robust_mnv1.zoo as zoo
+    import robust_mnv1.training.model_cache as model_cache
 
     cfg = compose_config([*FAST, "finetune.epochs=2", "model.alpha=0.25"])
     data = load_dataset(cfg.data, cache_root(cfg) / "data")
     parent, parent_meta = standard_model(cfg, data, torch.device("cpu"))
-    real_fit = zoo.fit
+    real_fit = model_cache.fit
 
     def kill_after_first_epoch(*args, **kwargs):
         def stop(epoch):
@@ -228,10 +230,10 @@ def test_killed_finetuning_resumes(cache_dir, monkeypatch):
 
         return real_fit(*args, **kwargs, on_epoch_end=stop)
 
-    monkeypatch.setattr(zoo, "fit", kill_after_first_epoch)
+    monkeypatch.setattr(model_cache, "fit", kill_after_first_epoch)
     with pytest.raises(Killed):
         finetuned_model(cfg, data, torch.device("cpu"), parent, parent_meta)
-    monkeypatch.setattr(zoo, "fit", real_fit)
+    monkeypatch.setattr(model_cache, "fit", real_fit)
     model, meta = finetuned_model(cfg, data, torch.device("cpu"), parent, parent_meta)
     assert meta["trained"] and [h["epoch"] for h in meta["history"]] == [1, 2]
 

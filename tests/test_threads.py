@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from robust_mnv1 import threads
+from robust_mnv1.infra import threads
 
 
 @pytest.fixture

@@ -6,10 +6,10 @@ import itertools
 import pytest
 import torch
 
-from robust_mnv1.cli import compose_config
+from robust_mnv1.config.compose import compose_config
 from robust_mnv1.data import load_dataset
-from robust_mnv1.train import cross_entropy_objective, fit, lr_at
-from robust_mnv1.zoo import cache_root, make_model, standard_model
+from robust_mnv1.training.fit import cross_entropy_objective, fit, lr_at
+from robust_mnv1.training.model_cache import cache_root, make_model, standard_model
 
 CPU = torch.device("cpu")
 

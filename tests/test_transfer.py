@@ -10,14 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from robust_mnv1 import deployed_report as rep
-from robust_mnv1 import transfer as tr
-from robust_mnv1.cli import compose_config
+from robust_mnv1.config.compose import compose_config
 from robust_mnv1.data import load_dataset
-from robust_mnv1.deployed_records import model_id, read_records, validate_transfer_record
-from robust_mnv1.errors import UserError
-from robust_mnv1.records import RecordError, decode_mask, dumps_record
-from robust_mnv1.zoo import cache_root
+from robust_mnv1.edge import deployed_report as rep
+from robust_mnv1.edge import transfer as tr
+from robust_mnv1.edge.deployed_records import model_id, read_records, validate_transfer_record
+from robust_mnv1.infra.errors import UserError
+from robust_mnv1.records.schema import RecordError, decode_mask
+from robust_mnv1.records.store import dumps_record
+from robust_mnv1.training.model_cache import cache_root
 
 from .test_deployed import assert_refused, tiny_models
 

@@ -1,6 +1,6 @@
 """``python -m robust_mnv1.cost``: print the cost report of one MobileNet V1 variant (Hydra CLI).
 
-``profile=true`` also times every layer kind on ``device`` (:mod:`robust_mnv1.layer_timing`) and
+``profile=true`` also times every layer kind on ``device`` (:mod:`robust_mnv1.cost.layer_timing`) and
 ``profile_out=DIR`` saves that profile as JSON in ``DIR``. The counting itself lives in
 :mod:`robust_mnv1.cost`, which imports nothing of the CLI, so the timing can build on it.
 """
@@ -12,10 +12,11 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from robust_mnv1.cli import preflight, user_errors_exit
+from robust_mnv1.config.compose import preflight, user_errors_exit
 from robust_mnv1.cost import report
-from robust_mnv1.layer_timing import kind_shares, profile_record, save_profile, time_layers
-from robust_mnv1.malloc import keep_freed_memory
+from robust_mnv1.cost.layer_timing import kind_shares, profile_record, save_profile, time_layers
+from robust_mnv1.infra.device import resolve_device
+from robust_mnv1.infra.malloc import keep_freed_memory
 from robust_mnv1.models.mobilenet_v1 import MobileNetV1, build_model
 
 # The cost CLI loads no dataset: a null model.num_classes takes the profile's usual head.
@@ -35,9 +36,6 @@ def _main(cfg: DictConfig) -> None:
     model = model_from_config(cfg)
     print(report(model))
     if cfg.profile:
-        # The zoo brings in training and data loading; only profiling needs its device choice.
-        from robust_mnv1.zoo import resolve_device
-
         device = resolve_device(cfg.device)
         timing = time_layers(model, device, batch=cfg.profile_batch, reps=cfg.profile_reps)
         shares = kind_shares(model, timing)

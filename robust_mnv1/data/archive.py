@@ -20,7 +20,7 @@ import zlib
 from pathlib import Path, PurePosixPath
 
 from robust_mnv1.data.cache import digest
-from robust_mnv1.errors import UserError
+from robust_mnv1.infra.errors import UserError
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from robust_mnv1.data.splits import Decoded, Split
-from robust_mnv1.errors import UserError
+from robust_mnv1.infra.errors import UserError
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from robust_mnv1.data.splits import Split
-from robust_mnv1.errors import UserError
+from robust_mnv1.infra.errors import UserError
 
 
 class DeviceLoader:

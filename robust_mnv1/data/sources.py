@@ -21,7 +21,7 @@ from hydra.utils import to_absolute_path
 
 from robust_mnv1.data import archive, cache, imagefolder
 from robust_mnv1.data.splits import Dataset, Decoded, Split
-from robust_mnv1.errors import UserError
+from robust_mnv1.infra.errors import UserError
 
 logger = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robust_mnv1.errors import UserError
+from robust_mnv1.infra.errors import UserError
 
 __all__ = [
     "ALPHAS",

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from robust_mnv1.atomic import atomic_write_text
-from robust_mnv1.errors import UserError
-from robust_mnv1.records import load_profiles, read_records
+from robust_mnv1.infra.atomic import atomic_write_text
+from robust_mnv1.infra.errors import UserError
+from robust_mnv1.records.profiles import load_profiles
+from robust_mnv1.records.store import read_records
 from robust_mnv1.report.figures import draw_all
 from robust_mnv1.report.markdown import render_markdown
 from robust_mnv1.report.table import build_eps_curves, build_table, table_csv

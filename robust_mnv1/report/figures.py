@@ -19,7 +19,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from robust_mnv1.records import REGIMES
+from robust_mnv1.records.schema import REGIMES
 
 # The verdict figures name a regime as the verdicts do ("standard training"), the table's figures
 # as the table does ("standard").
@@ -33,7 +33,7 @@ _STYLE = {"standard": ("-", "o"), "pgd-at": ("--", "s"), "fast-at": (":", "^"), 
 
 def save_png(fig: Figure, path: Path) -> None:
     """Write ``fig`` as a PNG, atomically and with no date metadata (same data, same bytes)."""
-    from robust_mnv1.atomic import atomic_write
+    from robust_mnv1.infra.atomic import atomic_write
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})

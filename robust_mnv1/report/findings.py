@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from robust_mnv1.errors import UserError
-from robust_mnv1.records import read_records
+from robust_mnv1.infra.errors import UserError
+from robust_mnv1.records.store import read_records
 from robust_mnv1.report.markdown import table_lines
 from robust_mnv1.report.table import build_table
 from robust_mnv1.report.verdict_text import verdict_lines

@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from robust_mnv1.records import REGIMES
+from robust_mnv1.records.schema import REGIMES
 from robust_mnv1.report.figures import FIGURES
 from robust_mnv1.report.outcomes import eps_key
 from robust_mnv1.report.table import ACC_METRICS, REGIME_LABELS, build_table
@@ -285,7 +285,7 @@ def render_markdown(
 ) -> str:
     """The leaderboard page: one section (protocol, table, verdicts) per dataset, the per-layer
     latency notes when there are ``profiles``, the figures, then the record files left out
-    (``skipped``: path and reason, as :func:`robust_mnv1.records.read_records` reports them).
+    (``skipped``: path and reason, as :func:`robust_mnv1.records.store.read_records` reports them).
 
     ``table`` and ``boards`` default to ``build_table(records)`` and ``analyse_all(records)``;
     pass them to avoid recomputing them.

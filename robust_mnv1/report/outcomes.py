@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from robust_mnv1.records import decode_mask
+from robust_mnv1.records.schema import decode_mask
 
 # The attack points the verdicts and figures use: (key, attack or "worst", eps in units of 1/255).
 POINTS = (("fgsm8", "fgsm", 8.0), ("pgd2", "pgd", 2.0), ("pgd8", "pgd", 8.0), ("worst8", "worst", 8.0))

@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from robust_mnv1.records import REGIMES, check_combinable, decode_mask
+from robust_mnv1.evaluation.stats import percentile_interval, wilson_ci
+from robust_mnv1.records.schema import REGIMES, decode_mask
+from robust_mnv1.records.store import check_combinable
 from robust_mnv1.report.outcomes import eps_key
-from robust_mnv1.stats import percentile_interval, wilson_ci
 
 # How the board's table and figures name each regime.
 REGIME_LABELS = {"standard": "standard", "pgd-at": "PGD-AT", "fast-at": "fast-AT", "trades": "TRADES"}
@@ -210,7 +211,7 @@ def build_table(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     record has them), which the CSV leaves out. Sorted by ``data_key``, then worst-case accuracy
     descending, clean accuracy descending, model name and regime; ``rank`` restarts at 1 for each
     dataset. Records that cannot be combined
-    (:func:`robust_mnv1.records.check_combinable`) raise :class:`UserError`.
+    (:func:`robust_mnv1.records.store.check_combinable`) raise :class:`UserError`.
     """
     records = list(records)
     check_combinable(records)

@@ -25,17 +25,23 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from robust_mnv1.checkpoint import load_checkpoint, load_state, require_meta, save_checkpoint, sidecar
 from robust_mnv1.data import DeviceLoader, Split
-from robust_mnv1.envinfo import device_name
-from robust_mnv1.errors import UserError
-from robust_mnv1.filelock import exclusive
-from robust_mnv1.optim import TensorLRSGD
-from robust_mnv1.step import CapturedStep, EagerStep, autocast_for, precision_for
+from robust_mnv1.infra.envinfo import device_name
+from robust_mnv1.infra.errors import UserError
+from robust_mnv1.infra.filelock import exclusive
+from robust_mnv1.training.checkpoint import (
+    load_checkpoint,
+    load_state,
+    require_meta,
+    save_checkpoint,
+    sidecar,
+)
+from robust_mnv1.training.optim import TensorLRSGD
+from robust_mnv1.training.step import CapturedStep, EagerStep, autocast_for, precision_for
 
 # (model, x, y) -> (loss to minimise, logits whose argmax is the prediction the loss trained on).
 # An objective that needs random numbers draws them only in ``draw(x)``, whose result it takes as
-# a fourth argument (see robust_mnv1.step), and has ``set_epoch(epoch)``, called at each epoch start.
+# a fourth argument (see robust_mnv1.training.step), and has ``set_epoch(epoch)``, called at each epoch start.
 Objective = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 log = logging.getLogger(__name__)
 # What the rest of the suite reads from a finished run's sidecar, and what a resume needs.
@@ -100,7 +106,7 @@ def fit(
     Returns the sidecar metadata of ``final.safetensors`` with ``trained`` set to whether this
     call did any training. ``on_epoch_end(epoch)`` runs after each epoch's checkpoint; tests
     use it to kill a run part-way. ``cuda_graph`` replays each step from a CUDA graph
-    (:class:`robust_mnv1.step.CapturedStep`); it needs a CUDA ``device``.
+    (:class:`robust_mnv1.training.step.CapturedStep`); it needs a CUDA ``device``.
     """
     # Epoch lines go to the log (so to Hydra's run.log too); on the console they print above the bars.
     # The lock makes parallel sweep jobs that need one model train it once: the others wait, then load it.

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from robust_mnv1.errors import UserError
-from robust_mnv1.train import Objective
+from robust_mnv1.infra.errors import UserError
+from robust_mnv1.training.fit import Objective
 
 METHODS = ("pgd", "fgsm_rs", "trades")
 

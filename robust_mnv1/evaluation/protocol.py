@@ -17,9 +17,9 @@ from omegaconf import DictConfig
 import attacks
 from attacks import APGD, APGDT, FGSM, PGD, CarliniWagnerL2
 from robust_mnv1.data import Split
-from robust_mnv1.errors import UserError
-from robust_mnv1.records import decode_mask, encode_mask
-from robust_mnv1.stats import bootstrap_ci, wilson_ci
+from robust_mnv1.evaluation.stats import bootstrap_ci, wilson_ci
+from robust_mnv1.infra.errors import UserError
+from robust_mnv1.records.schema import decode_mask, encode_mask
 
 # The evaluation order's shuffle is the same for every model, seed and run, so that all records of a
 # model attack the same images and their per-image masks can be combined.

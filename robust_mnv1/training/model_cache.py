@@ -16,34 +16,13 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from robust_mnv1.checkpoint import cache_key, weights_digest
-from robust_mnv1.config_check import check_data_sizes
+from robust_mnv1.config.check import check_data_sizes
 from robust_mnv1.data import Dataset
-from robust_mnv1.errors import UserError
+from robust_mnv1.infra.device import use_cuda_graph
+from robust_mnv1.infra.errors import UserError
 from robust_mnv1.models import build_model
-from robust_mnv1.train import cross_entropy_objective, fit
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device={name} asked for, but no CUDA device is available; use device=cpu")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise UserError(f"unknown device {name!r}; valid choices: auto, cpu, cuda, cuda:N")
-    return torch.device(name)
-
-
-def use_cuda_graph(cfg: DictConfig, device: torch.device) -> bool:
-    """Whether training steps replay from a CUDA graph: ``cuda_graph`` auto/true/false in the config."""
-    choice = cfg.cuda_graph
-    if choice == "auto":
-        return device.type == "cuda"
-    if choice is True and device.type != "cuda":
-        raise UserError(f"cuda_graph=true needs a CUDA device, but device is {device}; use cuda_graph=auto")
-    if not isinstance(choice, bool):
-        raise UserError(f"cuda_graph={choice!r} is not one of auto, true, false")
-    return choice
+from robust_mnv1.training.checkpoint import cache_key, weights_digest
+from robust_mnv1.training.fit import cross_entropy_objective, fit
 
 
 def cache_root(cfg: DictConfig) -> Path:
@@ -123,7 +102,7 @@ def finetuned_model(
     cfg: DictConfig, dataset: Dataset, device: torch.device, parent: torch.nn.Module, parent_meta: dict
 ) -> tuple[torch.nn.Module, dict]:
     """A copy of ``parent`` adversarially fine-tuned by ``cfg.finetune``: from the cache, or trained now."""
-    from robust_mnv1.adversarial import make_objective
+    from robust_mnv1.training.objectives import make_objective
 
     fcfg = cfg.finetune
     torch.manual_seed(cfg.seed)

@@ -25,7 +25,7 @@ from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from robust_mnv1.errors import UserError
+from robust_mnv1.infra.errors import UserError
 
 # Hydra flags that do not change the composed config; any other flag (--cfg, --info, -cn, ...)
 # changes what Hydra does, so the preflight leaves those invocations to Hydra alone.

@@ -8,7 +8,7 @@ adversarial training every attack iteration) and replays it with a single launch
 Replaying is only correct for work whose shapes and scalars never change, so everything that
 varies stays outside the graph: the batch (copied into fixed input buffers), the random start
 of an adversarial objective (drawn by its ``draw`` and copied in), and the learning rate (a
-device tensor, see :class:`robust_mnv1.optim.TensorLRSGD`).
+device tensor, see :class:`robust_mnv1.training.optim.TensorLRSGD`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from contextlib import nullcontext
 
 import torch
 
-from robust_mnv1.optim import TensorLRSGD
+from robust_mnv1.training.optim import TensorLRSGD
 
 # Eager steps before capture, on a side stream: they pay for cuDNN autotuning and lazy
 # allocations, which must not happen inside the graph (3 is what PyTorch's docs use).

@@ -27,23 +27,19 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from robust_mnv1 import evaluate as ev
-from robust_mnv1.checkpoint import weights_digest
 from robust_mnv1.cost import layer_costs
 from robust_mnv1.data import Dataset, load_dataset
-from robust_mnv1.envinfo import environment
-from robust_mnv1.filelock import exclusive
+from robust_mnv1.evaluation import protocol as ev
+from robust_mnv1.infra.device import resolve_device
+from robust_mnv1.infra.envinfo import environment
+from robust_mnv1.infra.filelock import exclusive
+from robust_mnv1.infra.malloc import keep_freed_memory
 from robust_mnv1.leaderboard import generate
-from robust_mnv1.malloc import keep_freed_memory
-from robust_mnv1.records import (
-    config_hash,
-    decode_mask,
-    make_run_id,
-    parse_record,
-    validate_record,
-    write_record,
-)
-from robust_mnv1.zoo import cache_root, finetuned_model, make_model, resolve_device, standard_model
+from robust_mnv1.records.schema import config_hash, decode_mask, make_run_id
+from robust_mnv1.records.store import parse_record, write_record
+from robust_mnv1.records.validate import validate_record
+from robust_mnv1.training.checkpoint import weights_digest
+from robust_mnv1.training.model_cache import cache_root, finetuned_model, make_model, standard_model
 
 # In the order a stage runs them: APGD attacks what FGSM and PGD left robust, so it comes after both.
 ATTACKS = ("fgsm", "pgd", "apgd", "cw")

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from robust_mnv1.errors import UserError
+from robust_mnv1.infra.errors import UserError
 
 Z95 = 1.959963984540054
 """Two-sided 95% standard-normal quantile."""

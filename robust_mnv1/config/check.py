@@ -21,13 +21,13 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from robust_mnv1.errors import UserError
+from robust_mnv1.infra.errors import UserError
 
 # The choices that modules importing torch also define; tests/test_config_check.py keeps them equal.
 TASKS = ("train", "study")
 BASE_RESOLUTION = {"cifar": 32, "imagenet": 224}  # robust_mnv1.models.PROFILES
-METHODS = ("pgd", "fgsm_rs", "trades")  # robust_mnv1.adversarial
-ORDERS = ("stratified", "dataset")  # robust_mnv1.evaluate
+METHODS = ("pgd", "fgsm_rs", "trades")  # robust_mnv1.training.objectives
+ORDERS = ("stratified", "dataset")  # robust_mnv1.evaluation.protocol
 PGD_LOSSES = ("ce", "margin")  # attacks.losses
 DATASETS = ("cifar10", "imagefolder", "digits")  # robust_mnv1.data.sources
 # Datasets whose size is fixed, so a config can be held against it before reading them:
@@ -324,7 +324,8 @@ def _check_classes(v: dict[str, Any]) -> None:
 def check_data_sizes(v: dict[str, Any] | DictConfig, n_train: int, n_test: int, name: str) -> None:
     """Refuse batches larger than the training set and evaluations larger than the test set.
 
-    The pre-flight calls it for datasets of fixed size; :func:`robust_mnv1.zoo.make_model` again once
+    The pre-flight calls it for datasets of fixed size;
+    :func:`robust_mnv1.training.model_cache.make_model` again once
     a dataset is read. An evaluation is never silently cut to the test set: its config hash would
     name a size it did not have.
     """
@@ -389,7 +390,7 @@ def _check_device(v: dict[str, Any]) -> None:
         raise UserError("cuda_graph=true needs a CUDA device, but device=cpu; use cuda_graph=auto")
     if device.startswith("cuda") or (device == "auto" and graph is True):
         # Only here is torch imported: whether CUDA is there is the machine's answer, not the config's.
-        from robust_mnv1.zoo import resolve_device, use_cuda_graph
+        from robust_mnv1.infra.device import resolve_device, use_cuda_graph
 
         use_cuda_graph(OmegaConf.create({"cuda_graph": graph}), resolve_device(device))
 

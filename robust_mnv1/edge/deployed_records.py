@@ -2,13 +2,14 @@
 
 ``python -m robust_mnv1.deployed`` writes ``<results_dir>/deployed/<run_id>.json`` and
 ``python -m robust_mnv1.transfer`` writes ``<results_dir>/transfer/<run_id>.json``. Both are standard
-JSON (:func:`robust_mnv1.records.dumps_record`), written atomically, and checked on both sides by
+JSON (:func:`robust_mnv1.records.store.dumps_record`), written atomically, and checked on both sides by
 :func:`validate_deployed_record` and :func:`validate_transfer_record`: keys and types, and that every
 stored number agrees with the per-image masks it was computed from (counts, accuracies, Wilson
 intervals, the paired tests), so a record edited by hand or cut short is refused with the field named.
 
-Masks are :func:`robust_mnv1.records.encode_mask` strings over the images of the class-stratified
-evaluation order (:func:`robust_mnv1.evaluate.eval_order`): the whole test set for clean accuracy, its
+Masks are :func:`robust_mnv1.records.schema.encode_mask` strings over the images of the class-stratified
+evaluation order (:func:`robust_mnv1.evaluation.protocol.eval_order`):
+the whole test set for clean accuracy, its
 first ``n`` images for the attacks. This module needs neither torch nor onnx, so the tables can be
 regenerated from the records anywhere.
 """
@@ -24,20 +25,19 @@ from typing import Any
 
 import numpy as np
 
-from robust_mnv1.atomic import atomic_write_text
-from robust_mnv1.errors import UserError
-from robust_mnv1.records import (
+from robust_mnv1.evaluation.stats import wilson_ci
+from robust_mnv1.infra.atomic import atomic_write_text
+from robust_mnv1.infra.errors import UserError
+from robust_mnv1.records.schema import (
     REGIMES,
     RecordError,
     config_hash,
     decode_mask,
-    dumps_record,
     encode_mask,
     make_run_id,
-    parse_record,
 )
+from robust_mnv1.records.store import dumps_record, parse_record
 from robust_mnv1.report.paired import bootstrap, interval, mcnemar_exact
-from robust_mnv1.stats import wilson_ci
 
 SCHEMA_VERSION = 1
 DEPLOYED, TRANSFER = "deployed-robustness", "transfer-source"

@@ -15,8 +15,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from robust_mnv1.atomic import atomic_write, atomic_write_json
-from robust_mnv1.errors import UserError
+from robust_mnv1.infra.atomic import atomic_write, atomic_write_json
+from robust_mnv1.infra.errors import UserError
 
 # Pickle protocol 2+ streams start with 0x80; torch.save's zip container starts with "PK".
 _PICKLE_MAGICS = (b"\x80", b"PK\x03\x04")

@@ -20,9 +20,9 @@ from typing import Any
 import pandas as pd
 import torch
 
-from robust_mnv1.atomic import atomic_write_json
 from robust_mnv1.cost import layer_costs
-from robust_mnv1.envinfo import environment
+from robust_mnv1.infra.atomic import atomic_write_json
+from robust_mnv1.infra.envinfo import environment
 from robust_mnv1.models.mobilenet_v1 import ConvBNReLU, MobileNetV1
 
 
@@ -35,7 +35,7 @@ def _sync(device: torch.device) -> None:
 def time_layers(model: MobileNetV1, device: torch.device, *, batch: int = 64, reps: int = 20) -> pd.DataFrame:
     """Median milliseconds per call of every conv unit and the classifier, one row each (forward order).
 
-    The model runs in channels_last, the layout the suite trains and attacks in (robust_mnv1.train).
+    The model runs in channels_last, the layout the suite trains and attacks in (robust_mnv1.training.fit).
     """
     model = model.to(device, memory_format=torch.channels_last).eval()
     units = {

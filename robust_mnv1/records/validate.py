@@ -1,44 +1,29 @@
-"""Run records: one JSON file per (model, regime, attack, data, seed) under ``results/runs/``.
-
-The study pipeline builds a record dict (schema version 1, documented in the README) and
-calls :func:`write_record`; the leaderboard reads them back with :func:`load_records`.
-Records are validated on both sides by :func:`validate_record`, with hand-written checks so
-the schema has no extra dependency and every error names the offending field.
-
-Robust masks are per-sample booleans over the first ``n`` images of the evaluation order
-(:func:`robust_mnv1.evaluate.eval_order`, named by the record's ``config.eval.order``; the
-dataset's own order in records without one), packed with ``np.packbits(mask, bitorder="little")``
-(sample ``i`` is bit ``i % 8`` of byte ``i // 8``; unused high bits of the last byte are zero) and
-base64-encoded.
-"""
+"""Validation of a run record: hand-written checks, so the schema needs no extra dependency and every
+error names the offending field (:class:`~robust_mnv1.records.schema.RecordError`)."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import json
 import math
 import re
-import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Mapping
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from robust_mnv1.atomic import atomic_write_text
-from robust_mnv1.errors import UserError
+from robust_mnv1.records.schema import (
+    ATTACKS,
+    ENV_KEYS,
+    EPS_ATTACKS,
+    NORMS,
+    REGIMES,
+    SCHEMA_VERSION,
+    RecordError,
+    config_hash,
+    decode_mask,
+    make_run_id,
+)
 
-SCHEMA_VERSION = 1
-REGIMES = ("standard", "pgd-at", "fast-at", "trades")
-ATTACKS = ("fgsm", "pgd", "apgd", "cw")
-EPS_ATTACKS = ("fgsm", "pgd", "apgd")
-NORMS = ("linf", "l2")
-ENV_KEYS = ("device", "torch", "torchvision", "foolbox", "art", "python", "git_commit", "platform")
-
-_SAFE_PART = re.compile(r"[^A-Za-z0-9.+-]+")
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _WEIGHTS = re.compile(r"[0-9a-f]{16}")
@@ -46,80 +31,6 @@ _WEIGHTS = re.compile(r"[0-9a-f]{16}")
 _EPS_255_TOL = 1e-2
 # accuracy is a stored copy of robust / n; anything beyond float round-off means a bookkeeping bug.
 _ACC_TOL = 1e-9
-
-
-class RecordError(UserError):
-    """A run record is malformed; the message names the bad field."""
-
-
-class RecordWarning(UserWarning):
-    """A record file in the runs directory was skipped because it could not be read or validated."""
-
-
-def encode_mask(mask: Any) -> str:
-    """Pack a 1-D boolean mask (numpy array, list or torch tensor) into a base64 string."""
-    if hasattr(mask, "detach"):  # torch tensor, without importing torch here
-        mask = mask.detach().cpu().numpy()
-    arr = np.asarray(mask)
-    if arr.ndim != 1:
-        raise UserError(f"encode_mask needs a 1-D mask, got shape {arr.shape}")
-    if arr.dtype != np.bool_:
-        if arr.size and not np.isin(arr, (0, 1)).all():
-            raise UserError("encode_mask needs a boolean (or 0/1) mask")
-        arr = arr.astype(bool)
-    return base64.b64encode(np.packbits(arr, bitorder="little").tobytes()).decode("ascii")
-
-
-def decode_mask(s: str, n: int) -> np.ndarray:
-    """Inverse of :func:`encode_mask`: the first ``n`` samples as a boolean array.
-
-    Raises :class:`RecordError` when the string is not base64, has the wrong length for ``n``
-    or sets padding bits beyond ``n`` (signs of a mask that belongs to another ``n``).
-    """
-    if not isinstance(s, str):
-        raise RecordError(f"robust mask must be a base64 string, got {type(s).__name__}")
-    try:
-        raw = base64.b64decode(s.encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError) as exc:
-        raise RecordError(f"robust mask is not valid base64 ({exc})") from None
-    if len(raw) != (n + 7) // 8:
-        raise RecordError(f"robust mask holds {len(raw)} bytes, expected {(n + 7) // 8} for n={n}")
-    bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8), bitorder="little").astype(bool)
-    if bits[n:].any():
-        raise RecordError(f"robust mask sets bits beyond n={n}")
-    return bits[:n]
-
-
-def make_run_id(model_name: str, regime: str, attack: str, data_key: str, seed: int) -> str:
-    """Filesystem-safe id ``<model>__<regime>__<attack>__<data>__s<seed>``.
-
-    Characters outside ``[A-Za-z0-9.+-]`` become ``-`` so ``__`` only ever separates fields.
-    """
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise UserError(f"seed must be a non-negative integer, got {seed!r}")
-    parts = []
-    for label, part in (
-        ("model name", model_name),
-        ("regime", regime),
-        ("attack", attack),
-        ("data key", data_key),
-    ):
-        if not isinstance(part, str):
-            raise UserError(f"{label} must be a string, got {part!r}")
-        safe = _SAFE_PART.sub("-", part).strip("-.")
-        if not safe:
-            raise UserError(f"{label} {part!r} has no filesystem-safe characters; use letters, digits, . + -")
-        parts.append(safe)
-    return "__".join([*parts, f"s{seed}"])
-
-
-def config_hash(config: Mapping[str, Any]) -> str:
-    """sha256 hex digest of the canonical JSON (sorted keys, no spaces) of ``config``."""
-    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-
-
-# -- validation ---------------------------------------------------------------------------------
 
 
 def _fail(path: str, problem: str) -> RecordError:
@@ -414,189 +325,3 @@ def validate_record(d: Mapping[str, Any]) -> None:
         datetime.fromisoformat(created.replace("Z", "+00:00"))
     except ValueError:
         raise _fail("created", f"must be an ISO 8601 timestamp, got {created!r}") from None
-
-
-# -- storage ------------------------------------------------------------------------------------
-
-
-# Standard JSON has no infinities or NaN (an unbroken image's C&W distance is infinite): they are
-# written as these strings and read back as floats. Records written before this, with bare
-# Infinity/NaN tokens, still load; rewrite_strict converts them.
-_SPECIAL = {"Infinity": math.inf, "-Infinity": -math.inf, "NaN": math.nan}
-
-
-def _to_strict(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    if isinstance(value, Mapping):
-        return {k: _to_strict(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_to_strict(v) for v in value]
-    return value
-
-
-def _from_strict(value: Any) -> Any:
-    if isinstance(value, str) and value in _SPECIAL:
-        return _SPECIAL[value]
-    if isinstance(value, dict):
-        return {k: _from_strict(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_from_strict(v) for v in value]
-    return value
-
-
-def dumps_record(record: Mapping[str, Any]) -> str:
-    """A record as the standard JSON text :func:`write_record` stores."""
-    return json.dumps(_to_strict(record), indent=2, sort_keys=True, allow_nan=False) + "\n"
-
-
-def parse_record(text: str) -> Any:
-    """A record's JSON text as Python, its encoded infinities and NaNs back as floats."""
-    return _from_strict(json.loads(text))
-
-
-def rewrite_strict(runs_dir: str | Path) -> list[Path]:
-    """Rewrite the records of ``runs_dir`` that use bare Infinity/NaN tokens as standard JSON (same
-    values, nothing recomputed); returns the rewritten paths."""
-    done = []
-    for path, record, error in _json_files(runs_dir):
-        if error is not None:
-            continue
-        text = path.read_text(encoding="utf-8")
-        if text != dumps_record(record):
-            atomic_write_text(path, dumps_record(record))
-            done.append(path)
-    return done
-
-
-def write_record(record: Mapping[str, Any], runs_dir: str | Path) -> Path:
-    """Validate ``record`` and write it atomically to ``runs_dir/<run_id>.json``.
-
-    See :func:`robust_mnv1.atomic.atomic_write`: a reader or a concurrent writer of the same
-    run id sees a complete old or new file, never a mix; temp names start with ``.`` and end
-    in ``.tmp``, so :func:`load_records` ignores them.
-    """
-    validate_record(record)
-    return atomic_write_text(Path(runs_dir) / f"{record['run_id']}.json", dumps_record(record))
-
-
-def _skip(path: Path, reason: str) -> None:
-    warnings.warn(f"skipping record {path}: {reason}", RecordWarning, stacklevel=3)
-
-
-def _json_files(directory: str | Path) -> Iterator[tuple[Path, Any, str | None]]:
-    """``(path, parsed JSON, None)`` of each ``*.json`` file in ``directory``, sorted by name, or
-    ``(path, None, reason)`` for a file that cannot be read or parsed.
-
-    A missing directory yields nothing; hidden files (temp files of in-flight writes) are never
-    looked at.
-    """
-    directory = Path(directory)
-    if not directory.is_dir():
-        return
-    for path in sorted(directory.glob("*.json")):
-        if path.name.startswith(".") or not path.is_file():
-            continue
-        try:
-            yield path, parse_record(path.read_text(encoding="utf-8")), None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            yield path, None, f"unreadable JSON ({exc})"
-
-
-def read_records(runs_dir: str | Path) -> tuple[list[dict[str, Any]], list[tuple[Path, str]]]:
-    """``(records, invalid)``: every valid ``*.json`` record in ``runs_dir`` sorted by file name, and
-    ``(path, reason)`` for each file that cannot be read, is not JSON, fails validation or is not
-    named ``<run_id>.json``. A missing directory gives two empty lists; temp files of in-flight
-    writes (``.*.tmp``) are never looked at."""
-    records, invalid = [], []
-    for path, record, error in _json_files(runs_dir):
-        if error is not None:
-            invalid.append((path, error))
-            continue
-        try:
-            validate_record(record)
-        except RecordError as exc:
-            invalid.append((path, str(exc)))
-            continue
-        if path.stem != record["run_id"]:
-            # A renamed copy would otherwise count the same run twice.
-            invalid.append((path, f"file name does not match run_id {record['run_id']!r}"))
-            continue
-        records.append(record)
-    return records, sorted(invalid)
-
-
-def load_records(runs_dir: str | Path) -> list[dict[str, Any]]:
-    """The valid records of :func:`read_records`; each invalid file is skipped with a
-    :class:`RecordWarning` naming it."""
-    records, invalid = read_records(runs_dir)
-    for path, reason in invalid:
-        _skip(path, reason)
-    return records
-
-
-def check_combinable(records: Iterable[Mapping[str, Any]]) -> None:
-    """Refuse records of one (data, model, regime, seed) that did not evaluate the same weights on
-    the same images, and fine-tuned records whose parent is not the standard records' model.
-
-    The leaderboard ANDs the per-image masks of a row's records and sets each fine-tuned row against
-    its standard row; that only means something when the records share one trained model (the same
-    ``model.weights`` digest, or all lack it, as records made before digests existed do) and one
-    evaluation order (``config.eval.order``; ``dataset`` when absent).
-    """
-    seen: dict[tuple[Any, ...], tuple[Any, str, str]] = {}
-    for r in records:
-        key = (r["data"]["key"], r["model"]["name"], r["regime"], r["seed"])
-        order = r["config"].get("eval", {}).get("order", "dataset")
-        mine = (r["model"].get("weights"), order)
-        first = seen.setdefault(key, (*mine, r["run_id"]))
-        if first[:2] != mine:
-            raise UserError(
-                f"{first[2]} and {r['run_id']} evaluated different weights or images (weights "
-                f"{first[0]} vs {mine[0]}, eval.order {first[1]} vs {order}); delete that model's records "
-                "and rerun its study unit"
-            )
-    for r in records:
-        parent = r["model"].get("parent_weights")
-        standard = seen.get((r["data"]["key"], r["model"]["name"], "standard", r["seed"]))
-        if parent is not None and standard is not None and standard[0] != parent:
-            raise UserError(
-                f"{r['run_id']} was fine-tuned from weights {parent}, but {standard[2]} evaluated "
-                f"{standard[0]}; delete that model's records and rerun its study unit"
-            )
-
-
-PROFILE_KEYS = ("model", "batch", "env", "kinds")
-PROFILE_KIND_KEYS = ("kind", "time_ms", "time_%", "mult_adds_%", "time_per_mult_add_vs_avg")
-
-
-def _profile_row_ok(row: Any) -> bool:
-    return (
-        isinstance(row, dict)
-        and all(k in row for k in PROFILE_KIND_KEYS)
-        and all(isinstance(row[k], int | float) for k in PROFILE_KIND_KEYS[1:])
-    )
-
-
-def load_profiles(profiles_dir: str | Path) -> list[dict[str, Any]]:
-    """Read the per-layer latency records (``python -m robust_mnv1.cost profile=true profile_out=DIR``).
-
-    Sorted by file name; a missing directory gives an empty list; malformed files are skipped
-    with a :class:`RecordWarning`, as :func:`load_records` does.
-    """
-    profiles = []
-    for path, record, error in _json_files(profiles_dir):
-        if error is not None:
-            _skip(path, error)
-            continue
-        if not (
-            isinstance(record, dict)
-            and record.get("kind") == "layer-profile"
-            and all(k in record for k in PROFILE_KEYS)
-            and isinstance(record["kinds"], list)
-            and all(_profile_row_ok(row) for row in record["kinds"])
-        ):
-            _skip(path, "not a layer-profile record")
-            continue
-        profiles.append(record)
-    return profiles
