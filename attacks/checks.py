@@ -12,6 +12,9 @@ change what existing callers compute and pay; call it on its own.
 Accuracy comparisons allow ``tol`` (a fraction of the batch) of slack, because attacks with different
 settings legitimately break slightly different samples. Fractions are compared in whole samples, so a
 difference of exactly ``tol`` never flags.
+
+Over 400 lines because the checks share one cache of attack runs (``_Session``): each public check is
+a few lines over a private one that reads that cache, and ``run_all`` needs them all in one place.
 """
 
 from __future__ import annotations

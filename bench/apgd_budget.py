@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
 from attacks.base import QueryCounter
 from robust_mnv1.config.compose import compose_config
 from robust_mnv1.data import load_dataset
 from robust_mnv1.evaluation import protocol as ev
+from robust_mnv1.evaluation.specs import APGDSpec, SquareSpec
 from robust_mnv1.evaluation.study import Unit
 from robust_mnv1.infra.envinfo import cpu_name
 from robust_mnv1.training.model_cache import cache_root, finetuned_model, standard_key, standard_model
@@ -80,12 +80,17 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for name in args.budgets.split(","):
         ce, t, k = BUDGETS[name]
-        acfg = OmegaConf.create(
-            {"eps_255": [8], "ce_steps": ce, "targeted_steps": t, "n_target_classes": k, "batch_size": 512}
+        spec = APGDSpec(
+            eps_255=(8,),
+            ce_steps=ce,
+            targeted_steps=t,
+            n_target_classes=k,
+            batch_size=512,
+            square=SquareSpec(samples=0, queries=1),
         )
         counted = QueryCounter(model)
         start = time.perf_counter()
-        (entry,) = ev.run_apgd(counted, x, y, acfg, args.seed, {8: before})
+        (entry,) = ev.run_apgd(counted, x, y, spec, args.seed, {8: before})
         seconds = time.perf_counter() - start
         b, worst = entry["broken"], f"{int(before.sum()) / args.n:.1%} -> {entry['robust'] / args.n:.1%}"
         cells = [f"{name} ({ce}, {t} x {k})", b["apgd-ce"], b["apgd-t"], worst, round(seconds), counted.count]

@@ -28,7 +28,8 @@ from _common import print_table
 
 from robust_mnv1.config.compose import compose_config
 from robust_mnv1.data import load_dataset
-from robust_mnv1.edge.export import cached_model, check_config, edge_latency, export_files, model_source
+from robust_mnv1.edge.export import cached_model, check_config, export_files, model_source
+from robust_mnv1.edge.latency import edge_latency
 from robust_mnv1.infra.envinfo import cpu_name
 from robust_mnv1.infra.errors import UserError
 from robust_mnv1.infra.malloc import keep_freed_memory

@@ -26,24 +26,25 @@ from _common import bench_parser, describe, print_table, setup
 from omegaconf import DictConfig, OmegaConf
 from study_bench import PassCounter, timed
 
-from attacks import PGD, worst_case
+from attacks import worst_case
 from robust_mnv1.config.compose import compose_config
+from robust_mnv1.config.spec import attack_spec
 from robust_mnv1.data import load_dataset
 from robust_mnv1.evaluation import protocol as ev
+from robust_mnv1.evaluation.specs import PGDSpec
 from robust_mnv1.training.model_cache import cache_root, finetuned_model, standard_model
 
 QUICK = ["experiment=smoke", "train.epochs=2", "finetune.epochs=1"]
 CW_BUDGETS = "100:0.01,300:0.003,1000:0.001"
 
 
-def standalone_pgd(model, x, y, acfg: DictConfig, seed: int) -> list[float]:
+def standalone_pgd(model, x, y, spec: PGDSpec, seed: int) -> list[float]:
     """Robust accuracy per eps when every eps attacks every image (the baseline protocol)."""
     out = []
-    for e in sorted(acfg.eps_255):
-        common = ev.pgd_arguments(acfg, e, seed)
-        res = PGD(**common, loss=acfg.loss)(model, x, y)
-        if ev.adds_margin(acfg, e):
-            res = worst_case([res, PGD(**common, loss="margin")(model, x, y)])
+    for e in sorted(spec.eps_255):
+        res = spec.attack(e, seed)(model, x, y)
+        if spec.adds_margin(e):
+            res = worst_case([res, spec.attack(e, seed, loss="margin")(model, x, y)])
         out.append(float((res.clean_correct & ~res.success).float().mean()))
     return out
 
@@ -54,7 +55,7 @@ def cw_rows(models, budgets, dataset, n: int, cfg: DictConfig, device) -> list[d
     rows = []
     for regime, model in models:
         for steps, lr in budgets:
-            acfg = OmegaConf.merge(cfg.attack.cw, {"steps": steps, "lr": lr})
+            acfg = attack_spec("cw", OmegaConf.merge(cfg.attack.cw, {"steps": steps, "lr": lr}))
             result: dict = {}
             seconds = timed(
                 device, lambda a=acfg, m=model, r=result: r.update(ev.run_cw(m, x, y, a, cfg.seed))
@@ -103,7 +104,7 @@ def main() -> None:
     standard, meta = standard_model(cfg, dataset, device)
     tuned, _ = finetuned_model(cfg, dataset, device, standard, meta)
     x, y = ev.eval_subset(dataset.test, n, device, cfg.eval.order)
-    acfg = cfg.attack.pgd
+    acfg = attack_spec("pgd", cfg.attack.pgd)
     models = (("standard", standard), (cfg.finetune.regime, tuned))
     protocols = {
         "standalone": lambda m: standalone_pgd(m, x, y, acfg, cfg.seed),

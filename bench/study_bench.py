@@ -34,8 +34,10 @@ from _common import (
 from omegaconf import DictConfig, OmegaConf
 
 from robust_mnv1.config.compose import compose_config
+from robust_mnv1.config.spec import attack_spec
 from robust_mnv1.cost import layer_costs
 from robust_mnv1.evaluation import protocol as ev
+from robust_mnv1.evaluation import specs
 from robust_mnv1.models import build_model
 from robust_mnv1.training.fit import cross_entropy_objective, evaluate_accuracy
 from robust_mnv1.training.objectives import make_objective
@@ -124,7 +126,7 @@ class PassCounter(torch.nn.Module):
         return self.model(x)
 
 
-def max_grad_passes(attack: str, acfg: DictConfig) -> int | None:
+def max_grad_passes(attack: str, acfg: specs.PGDSpec | specs.CWSpec) -> int | None:
     """Gradient passes per image when no sample leaves early, for the attacks that drop samples.
 
     PGD drops a sample once it is broken, C&W once its loss or (adversarial) its distance stalls, so
@@ -132,7 +134,7 @@ def max_grad_passes(attack: str, acfg: DictConfig) -> int | None:
     ``run_pgd`` does), C&W ``steps x binary_search_steps``. FGSM has one step and drops nothing: None.
     """
     if attack == "pgd":
-        runs = sum(1 + ev.adds_margin(acfg, e) for e in acfg.eps_255)
+        runs = sum(1 + acfg.adds_margin(e) for e in acfg.eps_255)
         return runs * acfg.steps * acfg.restarts
     if attack == "cw":
         return acfg.steps * acfg.binary_search_steps
@@ -263,7 +265,8 @@ def main(argv: list[str] | None = None) -> None:
         tuned, max(sizes.fgsm, sizes.pgd, sizes.cw, sizes.sanity), device=device, seed=seed + 4
     )
     # Untimed: the first attack call pays one-off costs (kernel loading, allocator growth).
-    ev.run_fgsm(tuned, x[:8], y[:8], cfg.attack.fgsm)
+    fgsm, pgd, cw = (attack_spec(a, cfg.attack[a]) for a in ("fgsm", "pgd", "cw"))
+    ev.run_fgsm(tuned, x[:8], y[:8], fgsm)
 
     def attack_row(stage: str, n: int, run: Callable, budget_images: int, max_passes: int | None = None):
         counter = PassCounter(tuned)
@@ -277,7 +280,6 @@ def main(argv: list[str] | None = None) -> None:
         passes = counter.grad_images / n
         return _row(stage, n, seconds, budget, budget_images, passes=passes, max_passes=max_passes)
 
-    fgsm, pgd, cw = cfg.attack.fgsm, cfg.attack.pgd, cfg.attack.cw
     eps = ",".join(str(e) for e in fgsm.eps_255)
     rows.append(
         attack_row(

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from robust_mnv1.evaluation.stats import wilson_ci
+from robust_mnv1.records.intervals import wilson_ci
 from robust_mnv1.records.schema import REGIMES, config_hash, decode_mask, encode_mask, make_run_id
 from robust_mnv1.records.store import write_record
 

@@ -16,9 +16,9 @@ import torch
 from robust_mnv1.config import check as config_check
 from robust_mnv1.config.check import validate
 from robust_mnv1.config.compose import compose_config, preflight
+from robust_mnv1.config.spec import model_spec
 from robust_mnv1.data import load_dataset
 from robust_mnv1.infra.errors import UserError
-from robust_mnv1.training.model_cache import make_model
 
 from ._mounts import tmpfs
 from .conftest import REPO, run_cli
@@ -294,6 +294,6 @@ def test_an_evaluation_larger_than_a_read_dataset_is_refused_not_clamped(cache_d
     cfg = compose_config(["experiment=quickstart", "eval.n_cw=400"])
     data = load_dataset(cfg.data, cache_dir / "data")
     with pytest.raises(UserError, match=r"eval.n_cw=400 is more than the 360 test images"):
-        make_model(cfg, data)
+        model_spec(cfg, data).build()
     cfg = compose_config(["experiment=quickstart", "task=train", "eval.n_cw=400"])
-    assert isinstance(make_model(cfg, data), torch.nn.Module)  # training evaluates no subset
+    assert isinstance(model_spec(cfg, data).build(), torch.nn.Module)  # training evaluates no subset

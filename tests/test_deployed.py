@@ -2,6 +2,7 @@
 validation, the paired test behind its verdicts, and the CLI's one-line errors."""
 
 import copy
+import dataclasses
 import hashlib
 import json
 import os
@@ -19,9 +20,11 @@ pytest.importorskip("onnxruntime")
 from scipy.stats import binomtest
 
 from robust_mnv1.config.compose import compose_config
+from robust_mnv1.config.spec import attack_spec
 from robust_mnv1.data import load_dataset
 from robust_mnv1.edge import deployed as dp
 from robust_mnv1.edge import deployed_report
+from robust_mnv1.edge.crafting import correct_on, craft_pgd
 from robust_mnv1.edge.deployed_records import (
     ENGINES,
     VERDICTS,
@@ -129,20 +132,22 @@ def test_early_exit_examples_are_the_protocols_pgd(run):
     cfg, dataset, _, _ = run
     model, _ = standard_model(cfg, dataset, torch.device("cpu"))
     x, y = eval_subset(dataset.test, 120, torch.device("cpu"))
-    acfg = cfg.attack.pgd.copy()
-    acfg.margin_at_255 = []  # the protocol's PGD without its margin-loss stage, as craft_pgd runs it
-    ours = dp.craft_pgd(model, x, y, acfg, [2, 8], cfg.seed, early_exit=True)
-    for entry in run_pgd(model, x, y, acfg, cfg.seed):
+    # The protocol's PGD without its margin-loss stage, as craft_pgd runs it.
+    pgd = dataclasses.replace(attack_spec("pgd", cfg.attack.pgd), margin_at_255=())
+    ours = craft_pgd(model, x, y, pgd, [2, 8], cfg.seed, early_exit=True)
+    for entry in run_pgd(model, x, y, pgd, cfg.seed):
         x_adv, robust = ours[entry["eps_255"]]
         assert entry["robust_mask"] == encode_mask(robust)
-        assert (dp.correct_on(model, x_adv, y, 512) == robust).all()
+        assert (correct_on(model, x_adv, y, 512) == robust).all()
 
 
 def test_last_iterate_examples_stay_in_the_ball_and_fool_at_least_as_often(run):
     cfg, dataset, _, record = run
     model, _ = standard_model(cfg, dataset, torch.device("cpu"))
     x, y = eval_subset(dataset.test, 120, torch.device("cpu"))
-    (x8, robust8) = dp.craft_pgd(model, x, y, cfg.attack.pgd, [8], cfg.seed, early_exit=False)[8]
+    (x8, robust8) = craft_pgd(
+        model, x, y, attack_spec("pgd", cfg.attack.pgd), [8], cfg.seed, early_exit=False
+    )[8]
     assert (x8 - x).abs().max() <= 8 / 255 + 1e-6 and x8.min() >= 0 and x8.max() <= 1
     # The record's white-box mask is these examples' (same seed, same steps).
     assert encode_mask(robust8) == record["transfer"]["eps"][1]["pytorch fp32"]["robust_mask"]

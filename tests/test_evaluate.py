@@ -9,6 +9,7 @@ import torch
 from omegaconf import OmegaConf
 
 from attacks import PGD
+from robust_mnv1.config.spec import attack_spec
 from robust_mnv1.data import Split
 from robust_mnv1.evaluation.protocol import (
     eval_order,
@@ -18,6 +19,7 @@ from robust_mnv1.evaluation.protocol import (
     square_check,
     survivors,
 )
+from robust_mnv1.evaluation.specs import SquareSpec
 from robust_mnv1.infra.errors import UserError
 from robust_mnv1.records.schema import decode_mask, encode_mask
 
@@ -30,7 +32,7 @@ def pgd_cfg(**overrides):
     cfg = dict(
         eps_255=EPS_255, steps=5, restarts=1, random_start=True, loss="ce", margin_at_255=[8], batch_size=64
     )
-    return OmegaConf.create({**cfg, **overrides})
+    return attack_spec("pgd", OmegaConf.create({**cfg, **overrides}))
 
 
 def masks(entries):
@@ -82,7 +84,7 @@ def test_margin_attacks_the_ce_survivors_and_can_only_remove_more():
 
 
 def test_eps_with_no_survivors_left_is_not_attacked(monkeypatch):
-    import robust_mnv1.evaluation.protocol as ev
+    import robust_mnv1.evaluation.specs as specs
 
     calls = []
 
@@ -91,7 +93,7 @@ def test_eps_with_no_survivors_left_is_not_attacked(monkeypatch):
             calls.append(len(y))
             return super().__call__(model, x, y)
 
-    monkeypatch.setattr(ev, "PGD", Counting)
+    monkeypatch.setattr(specs, "PGD", Counting)
     model, x, y = setup()
     entries = run_pgd(model, x, y, pgd_cfg(eps_255=[64, 128], margin_at_255=[]), seed=0)
     assert calls == [len(y)], "the first eps broke every sample, so the second needs no attack"
@@ -140,7 +142,7 @@ def test_eval_subset_takes_the_images_of_the_order():
 
 def apgd_cfg(**overrides):
     cfg = dict(eps_255=[8], ce_steps=10, targeted_steps=10, n_target_classes=3, batch_size=64)
-    return OmegaConf.create({**cfg, **overrides})
+    return attack_spec("apgd", OmegaConf.create({**cfg, "square": {"samples": 0, "queries": 1}, **overrides}))
 
 
 def test_apgd_attacks_only_what_fgsm_and_pgd_left_and_its_mask_is_their_worst_case():
@@ -178,12 +180,12 @@ def entry(eps_255, bits):
 
 def test_square_check_flags_gradients_that_mislead_and_can_be_off():
     x, y = synthetic_batch(96, 12)
-    scfg = OmegaConf.create({"samples": 32, "queries": 300})
+    scfg = SquareSpec(samples=32, queries=300)
     everything = torch.ones(len(y), dtype=torch.bool)
     masked = QuantizedInput(trained_cnn())  # zero input gradients: PGD leaves images Square breaks
     report = square_check(masked, x, y, everything, 8, scfg, seed=0)
     assert report["name"] == "square_breaks_robust" and report["flagged"]
     nothing = torch.zeros(len(y), dtype=torch.bool)
     assert not square_check(masked, x, y, nothing, 8, scfg, seed=0)["flagged"]
-    off = OmegaConf.create({"samples": 0, "queries": 1})
+    off = SquareSpec(samples=0, queries=1)
     assert square_check(masked, x, y, everything, 8, off, seed=0) is None

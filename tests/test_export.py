@@ -18,6 +18,8 @@ import onnx
 from robust_mnv1.config.compose import compose_config
 from robust_mnv1.data import load_dataset
 from robust_mnv1.edge import export as ex
+from robust_mnv1.edge import latency as lat
+from robust_mnv1.edge import onnx_export as ox
 from robust_mnv1.infra.errors import UserError
 from robust_mnv1.models import build_model
 from robust_mnv1.training.model_cache import cache_root, finetuned_model, standard_model
@@ -65,12 +67,12 @@ def images(n: int, seed: int = 1) -> torch.Tensor:
 def test_fp32_onnx_matches_pytorch(rho, tmp_path):
     model = random_model(rho)
     path = tmp_path / "m.onnx"
-    diff = ex.export_onnx(model, 32, path, images(8), tolerance=1e-4)
+    diff = ox.export_onnx(model, 32, path, images(8), tolerance=1e-4)
     # A fresh batch, of another size (the batch axis is free), not the one the export checked itself on.
     x = images(20, seed=2)
     with torch.no_grad():
         ref = model(x).numpy()
-    got = ex.onnx_logits(ex.onnx_session(path), x)
+    got = ox.onnx_logits(ox.onnx_session(path), x)
     assert ref.std() > 0.5
     assert diff <= 1e-4
     assert np.abs(got - ref).max() <= 1e-4
@@ -82,16 +84,16 @@ def test_fp32_onnx_matches_pytorch(rho, tmp_path):
 @pytest.mark.parametrize(("size", "out"), [(32, 28), (32, 20), (32, 40), (30, 7)])
 def test_separable_resize_is_the_models_resize(size, out):
     x = images(4)[..., :size, :size]
-    resize = ex.SeparableResize((size, size), (out, out))
+    resize = ox.SeparableResize((size, size), (out, out))
     ref = F.interpolate(x, size=(out, out), mode="bilinear", align_corners=False, antialias=out < size)
     assert (resize(x) - ref).abs().max() <= 1e-6
 
 
 def test_export_refuses_a_file_that_differs_from_pytorch(tmp_path, monkeypatch):
-    torch_logits = ex.torch_logits
-    monkeypatch.setattr(ex, "torch_logits", lambda m, x: torch_logits(m, x) + 1.0)
+    torch_logits = ox.torch_logits
+    monkeypatch.setattr(ox, "torch_logits", lambda m, x: torch_logits(m, x) + 1.0)
     with pytest.raises(RuntimeError, match="differs from PyTorch by 1"):
-        ex.export_onnx(random_model(1.0), 32, tmp_path / "m.onnx", images(4), tolerance=1e-4)
+        ox.export_onnx(random_model(1.0), 32, tmp_path / "m.onnx", images(4), tolerance=1e-4)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -99,11 +101,11 @@ def test_export_refuses_a_file_that_differs_from_pytorch(tmp_path, monkeypatch):
 def test_int8_of_an_untrained_model_runs(quant_format, per_channel, tmp_path):
     model = random_model(0.75)
     fp32 = tmp_path / "m.onnx"
-    ex.export_onnx(model, 32, fp32, images(4), tolerance=1e-4)
-    int8 = ex.quantize_int8(
+    ox.export_onnx(model, 32, fp32, images(4), tolerance=1e-4)
+    int8 = ox.quantize_int8(
         fp32, tmp_path / "m.int8.onnx", images(32), quant_format=quant_format, per_channel=per_channel
     )
-    logits = ex.onnx_logits(ex.onnx_session(int8), images(6, seed=3))
+    logits = ox.onnx_logits(ox.onnx_session(int8), images(6, seed=3))
     assert logits.shape == (6, 10) and np.isfinite(logits).all()
     graph = onnx.load(str(int8)).graph
     ops = {node.op_type for node in graph.node}
@@ -173,7 +175,7 @@ def test_int8_agrees_with_fp32_on_a_trained_model(trained, tmp_path):
 def test_compare_latency_interleaves_and_counts():
     calls: list[str] = []
     fns = {name: (lambda n=name: calls.append(n)) for name in ("a", "b", "c")}
-    result = ex.compare_latency(fns, reps=7, warmup=2, blocks=3)
+    result = lat.compare_latency(fns, reps=7, warmup=2, blocks=3)
     assert calls[:6] == ["a", "a", "b", "b", "c", "c"]
     # Blocks of 3, 2 and 2 calls, each block starting one engine further on.
     assert "".join(calls[6:]) == "aaabbbccc" + "bbccaa" + "ccaabb"
@@ -184,9 +186,9 @@ def test_compare_latency_interleaves_and_counts():
 
 def test_edge_latency_times_every_engine_on_one_thread(tmp_path):
     model = random_model(0.75)
-    ex.export_onnx(model, 32, tmp_path / "m.onnx", images(4), tolerance=1e-4)
+    ox.export_onnx(model, 32, tmp_path / "m.onnx", images(4), tolerance=1e-4)
     threads = torch.get_num_threads()
-    result = ex.edge_latency(model, 32, {"fp32": tmp_path / "m.onnx"}, reps=10, warmup=2, blocks=2)
+    result = lat.edge_latency(model, 32, {"fp32": tmp_path / "m.onnx"}, reps=10, warmup=2, blocks=2)
     assert set(result) == {"pytorch eager", "fp32"}
     assert all(len(v.times_ms) == 10 and min(v.times_ms) > 0 for v in result.values())
     assert torch.get_num_threads() == threads

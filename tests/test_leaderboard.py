@@ -18,8 +18,8 @@ except ImportError:
     from _records import APGD_BREAKS, DATA, make_study, write_study
 
 from robust_mnv1 import leaderboard as lb
-from robust_mnv1.evaluation.stats import wilson_ci
 from robust_mnv1.infra.errors import UserError
+from robust_mnv1.records.intervals import wilson_ci
 from robust_mnv1.records.schema import decode_mask
 from robust_mnv1.report.board import generate
 from robust_mnv1.report.figures import FIGURES

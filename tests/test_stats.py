@@ -1,4 +1,4 @@
-"""Tests for robust_mnv1.evaluation.stats: Wilson intervals, bootstrap intervals, Spearman with CI."""
+"""Tests for robust_mnv1.records.intervals: Wilson intervals, bootstrap intervals, Spearman with CI."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from robust_mnv1.evaluation import stats
-from robust_mnv1.evaluation.stats import bootstrap_ci, wilson_ci
 from robust_mnv1.infra.errors import UserError
+from robust_mnv1.records import intervals as stats
+from robust_mnv1.records.intervals import bootstrap_ci, wilson_ci
 
 
 def test_wilson_known_values():

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from robust_mnv1.config.compose import compose_config
+from robust_mnv1.config.spec import model_spec
 from robust_mnv1.data import load_dataset
 from robust_mnv1.training.fit import cross_entropy_objective, fit, lr_at
-from robust_mnv1.training.model_cache import cache_root, make_model, standard_model
+from robust_mnv1.training.model_cache import cache_root, standard_model
 
 CPU = torch.device("cpu")
 
@@ -49,7 +50,7 @@ class Killed(Exception):
 
 def _small_run(cfg, data, run_dir, on_epoch_end=None):
     torch.manual_seed(cfg.seed)
-    model = make_model(cfg, data)
+    model = model_spec(cfg, data).build()
     meta = fit(
         model,
         data.train,

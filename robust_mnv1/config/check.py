@@ -325,7 +325,7 @@ def check_data_sizes(v: dict[str, Any] | DictConfig, n_train: int, n_test: int, 
     """Refuse batches larger than the training set and evaluations larger than the test set.
 
     The pre-flight calls it for datasets of fixed size;
-    :func:`robust_mnv1.training.model_cache.make_model` again once
+    :func:`robust_mnv1.config.spec.model_spec` again once
     a dataset is read. An evaluation is never silently cut to the test set: its config hash would
     name a size it did not have.
     """

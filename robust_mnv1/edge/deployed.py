@@ -7,17 +7,17 @@
 
 * clean accuracy of PyTorch fp32, ONNX fp32 and ONNX int8 on the whole test set, with per-image masks,
   and int8's drop;
-* transfer robustness: PGD with the protocol's settings (:func:`craft_pgd`) crafted white-box on the
-  PyTorch fp32 model on the first ``deployed.n`` test images of the evaluation order, and those
-  examples run through both ONNX files; at each eps, int8 against fp32 image by image (McNemar's
-  exact test) and a one-line verdict (:func:`robust_mnv1.edge.deployed_records.paired_comparison`);
+* transfer robustness: PGD with the protocol's settings (:func:`robust_mnv1.edge.crafting.craft_pgd`)
+  crafted white-box on the PyTorch fp32 model on the first ``deployed.n`` test images of the evaluation
+  order, and those examples run through both ONNX files; at each eps, int8 against fp32 image by image
+  (McNemar's exact test) and a one-line verdict (:func:`robust_mnv1.edge.deployed_records.paired_comparison`);
 * batch-1, one-thread latency of eager PyTorch and both ONNX files
-  (:func:`robust_mnv1.edge.export.edge_latency`).
+  (:func:`robust_mnv1.edge.latency.edge_latency`).
 
 The examples are crafted on fp32 and carried over because that is the attack a shipped int8 binary
 meets: its attacker has the float model (or one like it), not gradients of the quantized graph.
-:mod:`robust_mnv1.edge.transfer` shares :func:`craft_pgd` and the checks here; docs/edge.md explains the
-numbers.
+:mod:`robust_mnv1.edge.transfer` shares the crafting (:mod:`robust_mnv1.edge.crafting`) and the record
+fields and checks (:mod:`robust_mnv1.edge.record_fields`); docs/edge.md explains the numbers.
 """
 
 from __future__ import annotations
@@ -26,23 +26,23 @@ import hashlib
 import os
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import hydra
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
-from attacks import PGD
-from attacks.base import model_hygiene, predict_logits
-from attacks.losses import LOSSES, value_and_grad
-from attacks.projection import ascent_step, project_to_box, random_in_ball
-from robust_mnv1.config.check import BOOL, COUNT, KNOWN_DATA, integer, number, optional
+from robust_mnv1.config.check import BOOL, COUNT, integer, number, optional
 from robust_mnv1.config.compose import preflight, register_experiments, register_resolvers, user_errors_exit
-from robust_mnv1.data import Dataset, load_dataset
+from robust_mnv1.config.spec import attack_spec
+from robust_mnv1.data import load_dataset
 from robust_mnv1.edge import export as ex
+from robust_mnv1.edge import latency as lat
+from robust_mnv1.edge import onnx_export as ox
+from robust_mnv1.edge.crafting import craft_pgd
 from robust_mnv1.edge.deployed_records import (
     DEPLOYED,
     ENGINES,
@@ -52,23 +52,27 @@ from robust_mnv1.edge.deployed_records import (
     validate_deployed_record,
     write_record,
 )
-from robust_mnv1.evaluation.protocol import eval_subset, pgd_arguments
-from robust_mnv1.evaluation.study import slug
+from robust_mnv1.edge.record_fields import (
+    attack_fields,
+    check_attack,
+    check_images,
+    check_paths,
+    data_fields,
+    model_fields,
+    record_config,
+    regenerate,
+    run_environment,
+)
+from robust_mnv1.evaluation.protocol import eval_subset
 from robust_mnv1.infra.device import resolve_device
-from robust_mnv1.infra.envinfo import cpu_name, environment
+from robust_mnv1.infra.envinfo import cpu_name
 from robust_mnv1.infra.errors import UserError
 from robust_mnv1.infra.malloc import keep_freed_memory
 from robust_mnv1.infra.threads import choose_threads
 from robust_mnv1.records.schema import config_hash, make_run_id
-from robust_mnv1.training.checkpoint import weights_digest
 from robust_mnv1.training.model_cache import cache_root
 
-__all__ = [
-    "check_config",
-    "craft_pgd",
-    "run_deployed",
-    "validate_deployed_record",
-]
+__all__ = ["check_config", "run_deployed"]
 
 _RULES = {
     "n": optional(COUNT),
@@ -80,225 +84,6 @@ _RULES = {
 }
 # What the export's logits are called in its report, by the engine names of the records.
 _EXPORT_KEYS = dict(zip(ENGINES, ("pytorch", "onnx fp32", "onnx int8"), strict=True))
-
-
-# -- shared with robust_mnv1.edge.transfer --------------------------------------------------------------
-
-
-def craft_pgd(
-    model: torch.nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    acfg: DictConfig,
-    eps_255: Iterable[float],
-    seed: int,
-    *,
-    early_exit: bool,
-) -> dict[float, tuple[torch.Tensor, np.ndarray]]:
-    """PGD examples on ``model`` at each eps of ``eps_255``: ``{eps: (x_adv, robust)}``, where
-    ``robust`` marks the images ``model`` still classifies correctly on their example (white-box).
-
-    ``acfg`` is ``attack.pgd``: its loss, steps, step size (2.5·eps/steps), random start, restarts and
-    ``seed`` make the examples. The margin-loss stage the protocol adds at some eps is left out, so
-    that every example comes from one loss.
-
-    With ``early_exit`` the examples are the protocol's own (:func:`robust_mnv1.evaluation.protocol.run_pgd`):
-    each image's first adversarial iterate, the eps grid walked upwards (up to the largest eps asked
-    for), each eps attacking only the images the previous one left robust; an image broken at a
-    smaller eps keeps the example that broke it, which lies inside every larger ball, and images
-    ``model`` misclassifies come back unchanged. Without it (:func:`pgd_last_iterate`) every image
-    gets every step at each eps and keeps the last iterate: an example pushed past the boundary
-    rather than just across it, as an attacker who cannot query the target would make it.
-    """
-    wanted = set(eps_255)
-    if not early_exit:
-        out = {}
-        for e in sorted(wanted):
-            x_adv = pgd_last_iterate(model, x, y, acfg, e, seed)
-            out[e] = (x_adv, correct_on(model, x_adv, y, acfg.batch_size))
-        return out
-    x_adv, out = x.clone(), {}
-    alive = torch.ones(len(y), dtype=torch.bool, device=y.device)
-    for e in sorted(acfg.eps_255):
-        if e > max(wanted):
-            break
-        robust = torch.zeros_like(alive)
-        idx = alive.nonzero().squeeze(1)
-        if idx.numel():
-            res = PGD(**pgd_arguments(acfg, e, seed), loss=acfg.loss)(model, x[idx], y[idx])
-            x_adv = x_adv.clone()  # the smaller eps's examples, already handed out, stay as they are
-            x_adv[idx] = res.x_adv
-            robust[idx] = res.clean_correct & ~res.success
-        if e in wanted:
-            out[e] = (x_adv, robust.cpu().numpy())
-        alive = robust
-    return out
-
-
-def pgd_last_iterate(
-    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, acfg: DictConfig, eps_255: float, seed: int
-) -> torch.Tensor:
-    """PGD with ``attack.pgd``'s settings run for all its steps on every image, returning the last
-    iterate (of the restart whose last iterate has the highest loss).
-
-    The attack library's PGD stops an image at its first adversarial iterate, the weakest example
-    that fools ``model``; rounding in another model (int8, or another network) undoes many of those.
-    Its random starts come from one generator seeded with ``seed``, batch after batch.
-    """
-    eps, loss_fn = eps_255 / 255, LOSSES[acfg.loss]
-    step = 2.5 * eps / acfg.steps
-    generator = torch.Generator(device=x.device).manual_seed(seed)
-    chunks = []
-    with model_hygiene(model):
-        for xb, yb in zip(x.split(acfg.batch_size), y.split(acfg.batch_size), strict=True):
-            best, best_loss = xb.clone(), torch.full((len(yb),), -torch.inf, device=xb.device)
-            for _ in range(acfg.restarts):
-                xa = xb.clone()
-                if acfg.random_start:
-                    noise = random_in_ball(
-                        xb.shape, eps, "linf", generator=generator, dtype=xb.dtype, device=xb.device
-                    )
-                    xa = (xb + noise).clamp(0.0, 1.0)
-                for _ in range(acfg.steps):
-                    _, _, grad = value_and_grad(model, xa, yb, loss_fn)
-                    xa = project_to_box(xb, xa + step * ascent_step(grad, "linf"), eps, "linf")
-                with torch.no_grad():
-                    loss = loss_fn(model(xa), yb)
-                better = loss > best_loss
-                best[better], best_loss[better] = xa[better], loss[better]
-            chunks.append(best)
-    return torch.cat(chunks)
-
-
-def correct_on(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> np.ndarray:
-    """Which of ``x`` (on the model's device) ``model``, in eval mode, assigns its label in ``y``."""
-    model.eval()
-    return (predict_logits(model, x, batch_size).argmax(1) == y).cpu().numpy()
-
-
-def attack_fields(acfg: DictConfig, seed: int, device: torch.device, *, early_exit: bool) -> dict[str, Any]:
-    """How the examples of a record were made, in the record."""
-    return {
-        "name": "pgd",
-        "norm": "linf",
-        "loss": acfg.loss,
-        "steps": acfg.steps,
-        "step_size": "2.5 * eps / steps",
-        "restarts": acfg.restarts,
-        "random_start": acfg.random_start,
-        "seed": seed,
-        "early_exit": early_exit,
-        "examples": (
-            "first adversarial iterate; eps walked up the grid, each attacking the previous one's survivors"
-            if early_exit
-            else "last iterate of every step, each eps on every image"
-        ),
-        "crafted_on": "pytorch fp32",
-        "device": str(device),
-    }
-
-
-def model_fields(model: torch.nn.Module, cfg: DictConfig, regime: str) -> dict[str, Any]:
-    """What names a model in the records: architecture, regime, seed and the weights' digest."""
-    return {
-        "name": model.name,
-        "alpha": float(cfg.model.alpha),
-        "rho": float(cfg.model.rho),
-        "profile": cfg.model.profile,
-        "input_resolution": model.input_resolution,
-        "regime": regime,
-        "seed": int(cfg.seed),
-        "weights": weights_digest(model),
-    }
-
-
-def data_fields(dataset: Dataset) -> dict[str, Any]:
-    return {
-        "name": dataset.name,
-        "label": dataset.label,
-        "key": slug(dataset.label),
-        "n_train": len(dataset.train.y),
-        "n_test": len(dataset.test.y),
-    }
-
-
-def record_config(cfg: DictConfig, groups: Iterable[str], *, finetune: bool) -> dict[str, Any]:
-    """What determines a record's numbers: the model's recipe (with ``finetune``, the fine-tune's too),
-    data, seed, the protocol's PGD and the entry point's ``groups`` (not where files go, nor whether
-    a missing model may be trained)."""
-    full = OmegaConf.to_container(cfg, resolve=True)
-    keys = ["model", "data", "train", "seed"] + (["finetune"] if finetune else [])
-    out = {k: full[k] for k in keys}
-    out["data"].pop("root", None)
-    out["attack"] = {"pgd": full["attack"]["pgd"]}
-    out["order"] = "stratified"
-    for group in groups:
-        out[group] = {k: v for k, v in full[group].items() if k not in ("out_dir", "train_missing")}
-    return out
-
-
-def run_environment(device: torch.device) -> dict[str, Any]:
-    """:func:`robust_mnv1.infra.envinfo.environment` and the onnx and onnxruntime versions."""
-    import onnx
-    import onnxruntime
-
-    return {**environment(device), "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
-
-
-def check_attack(cfg: DictConfig, who: str, eps_255: Iterable[float] = ()) -> None:
-    """``who`` crafts the protocol's PGD examples, so ``attack.pgd`` must be there and hold ``eps_255``."""
-    if "pgd" not in cfg.attack:
-        raise UserError(
-            f"{who} crafts the protocol's PGD examples, but the attack group has no pgd; use attack=pgd"
-        )
-    missing = sorted(set(eps_255) - set(cfg.attack.pgd.eps_255))
-    if missing:
-        raise UserError(
-            f"{who}.eps_255 must be among attack.pgd.eps_255 {list(cfg.attack.pgd.eps_255)}, got {missing}"
-        )
-
-
-def check_images(key: str, n: int | None, n_test: int, label: str) -> None:
-    """Refuse an evaluation larger than the test set (it is never cut silently)."""
-    if n is not None and n > n_test:
-        raise UserError(
-            f"{key}={n} is more than the {n_test} test images of {label}; "
-            f"set it to at most {n_test}, or null for all of them"
-        )
-
-
-def check_paths(cfg: DictConfig, key: str, n: int | None) -> None:
-    """Before anything is loaded: ``key`` (a count of test images) against a dataset of known size, and
-    ``results_dir`` a directory this user can write in, or can create."""
-    known = KNOWN_DATA.get(cfg.data.name)
-    if known is not None:
-        check_images(key, n, known[1], cfg.data.name)
-    raw = OmegaConf.to_container(cfg, resolve=False)["results_dir"]
-    if "${hydra:" in str(raw):  # set by Hydra when the run starts, inside the run directory it makes
-        return
-    path = Path(os.path.expanduser(str(cfg.results_dir)))
-    probe = path
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise UserError(
-            f"results_dir={cfg.results_dir} is not a writable directory ({probe}); choose another results_dir"
-        )
-
-
-def regenerate(results_dir: Path) -> None:
-    """Rewrite deployed.md and the transfer matrix from the records; a bad record elsewhere in the
-    results directory is reported, not fatal: this run's record is written already."""
-    from robust_mnv1.edge.deployed_report import generate
-
-    try:
-        for path in generate(results_dir):
-            print(f"  wrote {path}")
-    except UserError as err:
-        print(f"warning: tables not regenerated: {err}", file=sys.stderr)
-
-
-# -- the deployed-robustness record ---------------------------------------------------------------
 
 
 def _file_fields(path: Path) -> dict[str, Any]:
@@ -332,7 +117,7 @@ def check_config(cfg: DictConfig) -> None:
 
 def run_deployed(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
     """Export the model ``cfg`` selects, measure it, and write its deployed-robustness record."""
-    ecfg, dcfg, acfg = cfg.export, cfg.deployed, cfg.attack.pgd
+    ecfg, dcfg, pgd = cfg.export, cfg.deployed, attack_spec("pgd", cfg.attack.pgd)
     timing: dict[str, float] = {}
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)
@@ -360,14 +145,14 @@ def run_deployed(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
 
     t1 = time.perf_counter()
     x, y = eval_subset(dataset.test, dcfg.n, device, "stratified")
-    adv = craft_pgd(model.to(device), x, y, acfg, acfg.eps_255, cfg.seed, early_exit=dcfg.early_exit)
+    adv = craft_pgd(model.to(device), x, y, pgd, pgd.eps_255, cfg.seed, early_exit=dcfg.early_exit)
     timing["craft_s"] = time.perf_counter() - t1
-    sessions = {k: ex.onnx_session(p, torch.get_num_threads()) for k, p in files.items()}
+    sessions = {k: ox.onnx_session(p, torch.get_num_threads()) for k, p in files.items()}
     labels_n = y.cpu().numpy()
     eps_entries = []
     for e, (xa, robust_pt) in sorted(adv.items()):
         robust = {"pytorch fp32": robust_pt}
-        robust.update({k: ex.onnx_logits(s, xa).argmax(1) == labels_n for k, s in sessions.items()})
+        robust.update({k: ox.onnx_logits(s, xa).argmax(1) == labels_n for k, s in sessions.items()})
         eps_entries.append(
             {
                 "eps": e / 255,
@@ -384,7 +169,7 @@ def run_deployed(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
 
     t2 = time.perf_counter()
     lcfg = dcfg.latency
-    latency = ex.edge_latency(
+    latency = lat.edge_latency(
         model,
         dataset.image_size,
         files,
@@ -416,7 +201,7 @@ def run_deployed(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
         "transfer": {
             "n": len(y),
             "order": "stratified",
-            "attack": attack_fields(acfg, int(cfg.seed), device, early_exit=dcfg.early_exit),
+            "attack": attack_fields(pgd, int(cfg.seed), device, early_exit=dcfg.early_exit),
             "eps": eps_entries,
         },
         "latency": {

@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from robust_mnv1.evaluation.stats import wilson_ci
 from robust_mnv1.infra.atomic import atomic_write_text
 from robust_mnv1.infra.errors import UserError
+from robust_mnv1.records.intervals import wilson_ci
 from robust_mnv1.records.schema import (
     REGIMES,
     RecordError,

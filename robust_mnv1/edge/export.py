@@ -12,39 +12,44 @@ and writes three files named after the model's cache entry (``<entry>``, e.g.
 * ``<entry>.export.json``: what was checked, namely the largest fp32 logit difference from PyTorch,
   and the test accuracy of PyTorch, fp32 and int8 with int8's top-1 agreement with fp32.
 
-:func:`edge_latency` times PyTorch and the ONNX files as an edge engineer would (batch 1, one thread,
-after a warm-up, the spread of many calls); ``bench/edge_bench.py`` prints it. docs/edge.md explains
+The files are made by :mod:`robust_mnv1.edge.onnx_export`; :func:`robust_mnv1.edge.latency.edge_latency`
+times PyTorch and the ONNX files as an edge engineer would (batch 1, one thread, after a warm-up, the
+spread of many calls); ``bench/edge_bench.py`` prints it. docs/edge.md explains
 the choices and holds measured numbers. Needs the ``edge`` extra (onnx, onnxruntime).
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import importlib.util
-import inspect
 import os
 import sys
-import tempfile
-import time
-import warnings
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import hydra
 import numpy as np
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf, open_dict
-from torch import nn
 
 from robust_mnv1.config.check import BOOL, COUNT, Rule, choice, integer, number, optional, pattern, validate
 from robust_mnv1.config.compose import preflight, register_experiments, register_resolvers, user_errors_exit
+from robust_mnv1.config.spec import model_spec
 from robust_mnv1.data import Dataset, Split, load_dataset
+from robust_mnv1.edge.onnx_export import (
+    FORMATS,
+    INPUT_NAME,
+    METHODS,
+    OUTPUT_NAME,
+    export_onnx,
+    onnx_logits,
+    onnx_session,
+    quantize_int8,
+    torch_logits,
+)
 from robust_mnv1.evaluation.protocol import eval_order
-from robust_mnv1.infra.atomic import atomic_write, atomic_write_json
+from robust_mnv1.infra.atomic import atomic_write_json
 from robust_mnv1.infra.device import resolve_device
 from robust_mnv1.infra.envinfo import git_commit
 from robust_mnv1.infra.errors import UserError
@@ -55,39 +60,19 @@ from robust_mnv1.training.checkpoint import cache_key, sidecar, weights_digest
 from robust_mnv1.training.model_cache import (
     cache_root,
     finetuned_model,
-    make_model,
     standard_key,
     standard_model,
 )
 
 __all__ = [
-    "INPUT_NAME",
-    "OUTPUT_NAME",
-    "DeployedMobileNetV1",
-    "Latency",
-    "SeparableResize",
     "cached_model",
     "check_group",
-    "compare_latency",
-    "edge_latency",
     "export_cached",
     "export_files",
-    "export_onnx",
     "model_source",
-    "onnx_logits",
-    "onnx_session",
-    "quantize_int8",
     "stratified_images",
 ]
 
-INPUT_NAME, OUTPUT_NAME = "images", "logits"
-FORMATS = ("qdq", "qoperator")
-# onnxruntime's entropy calibration is left out: quantize_static cannot set its bin count, and with its
-# defaults (128 bins into 128 quantized bins) the search has one candidate, the full range, so its files
-# came out byte-identical to minmax's.
-METHODS = ("minmax", "percentile")
-# Images per onnxruntime call when computing accuracies and calibration statistics.
-BATCH = 250
 
 _EXPORT_RULES = {
     "regime": pattern(r"[A-Za-z0-9_-]+", "standard or the finetune group's regime"),
@@ -105,84 +90,6 @@ _EXPORT_RULES = {
 }
 
 
-class SeparableResize(nn.Module):
-    """The model's resize of ``in_size`` images to ``out_size``, as a matrix product per axis.
-
-    ``MobileNetV1.preprocess`` resizes bilinearly, antialiased when shrinking. The TorchScript ONNX
-    exporter has no symbolic for the antialiased kernel (``aten::_upsample_bilinear2d_aa``); ONNX's
-    ``Resize`` gained ``antialias`` only at opset 18 and many edge runtimes and converters lack it.
-    From a fixed input size that resize is linear and separable, so each axis is an ``(out, in)``
-    matrix, read off here by resizing an identity with the very call the model makes; two
-    ``MatMul`` nodes then reproduce it on any runtime, to float rounding.
-    """
-
-    def __init__(self, in_size: tuple[int, int], out_size: tuple[int, int]) -> None:
-        super().__init__()
-        # Decided as MobileNetV1.preprocess decides it: over the whole image, not per axis.
-        antialias = in_size[0] > out_size[0] or in_size[1] > out_size[1]
-
-        def resize(eye: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-            out = F.interpolate(
-                eye[None, None], size=size, mode="bilinear", align_corners=False, antialias=antialias
-            )
-            return out[0, 0]
-
-        # rows: out_h x in_h (applied on the left); cols: in_w x out_w (on the right).
-        self.register_buffer("rows", resize(torch.eye(in_size[0]), (out_size[0], in_size[0])))
-        self.register_buffer("cols", resize(torch.eye(in_size[1]), (in_size[1], out_size[1])))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.rows @ x @ self.cols
-
-
-class DeployedMobileNetV1(nn.Module):
-    """``model`` for images of a fixed ``image_size``, in a form every ONNX exporter and runtime takes.
-
-    The resize becomes a :class:`SeparableResize`; the model's own forward then sees images at its
-    input resolution, so it only normalises them and runs the network, unchanged.
-    """
-
-    def __init__(self, model: MobileNetV1, image_size: int) -> None:
-        super().__init__()
-        self.model = copy.deepcopy(model).cpu().eval()
-        size, target = (image_size, image_size), (model.input_resolution, model.input_resolution)
-        self.resize = SeparableResize(size, target) if size != target else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(self.resize(x))
-
-
-def onnx_session(path: str | Path, threads: int = 1):
-    """An onnxruntime session on the CPU execution provider with ``threads`` intra-op threads."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-
-
-def onnx_logits(session, images: torch.Tensor, batch_size: int = BATCH) -> np.ndarray:
-    """Logits of float [0, 1] ``images`` (N, 3, H, W) from an onnxruntime ``session``."""
-    x = images.detach().cpu().float().numpy()
-    return np.concatenate(
-        [
-            session.run([OUTPUT_NAME], {INPUT_NAME: x[i : i + batch_size]})[0]
-            for i in range(0, len(x), batch_size)
-        ]
-    )
-
-
-@torch.inference_mode()
-def torch_logits(model: nn.Module, images: torch.Tensor, batch_size: int = BATCH) -> np.ndarray:
-    """Logits of ``images`` from ``model`` in eval mode on the CPU."""
-    model = model.cpu().eval()
-    return torch.cat(
-        [model(images[i : i + batch_size].cpu()) for i in range(0, len(images), batch_size)]
-    ).numpy()
-
-
 def stratified_images(split: Split, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``n`` images of ``split`` in the class-stratified evaluation order, as floats in [0, 1].
 
@@ -191,136 +98,6 @@ def stratified_images(split: Split, n: int | None) -> tuple[torch.Tensor, torch.
     """
     idx = eval_order(split.y, "stratified")[:n]
     return split.x[idx].float().div_(255), split.y[idx]
-
-
-def _exporter_options() -> dict[str, Any]:
-    # torch >= 2.9 defaults to the dynamo exporter, which needs onnxscript; the TorchScript exporter
-    # needs only onnx and takes the separable resize. Before torch 2.5 there was no choice to make.
-    return {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
-
-
-def export_onnx(
-    model: MobileNetV1,
-    image_size: int,
-    path: str | Path,
-    check_images: torch.Tensor,
-    *,
-    tolerance: float,
-    opset: int = 17,
-    metadata: Mapping[str, str] | None = None,
-) -> float:
-    """Write ``model`` to ``path`` as fp32 ONNX that takes ``image_size`` images in [0, 1].
-
-    The file is checked before it takes its name: onnxruntime's logits on ``check_images`` must be
-    within ``tolerance`` (max abs) of PyTorch's, or nothing is written and a RuntimeError says by how
-    much they differ. Returns that largest difference. ``metadata`` goes into the file's
-    ``metadata_props``.
-    """
-    import onnx
-
-    deployed = DeployedMobileNetV1(model, image_size).eval()
-    reference = torch_logits(model, check_images)
-    diff: list[float] = []
-
-    def write(tmp: Path) -> None:
-        example = torch.rand(1, 3, image_size, image_size)
-        with warnings.catch_warnings():
-            # The TorchScript exporter is chosen on purpose (_exporter_options), so neither its
-            # deprecation notice nor the one it raises from its own internals is the user's to act
-            # on; the tracer's warning is about preprocess's size test, which a fixed-size export
-            # rightly freezes.
-            warnings.filterwarnings("ignore", "You are using the legacy TorchScript", DeprecationWarning)
-            warnings.filterwarnings("ignore", "The feature will be removed", DeprecationWarning)
-            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-            torch.onnx.export(
-                deployed,
-                (example,),
-                str(tmp),
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-                opset_version=opset,
-                do_constant_folding=True,
-                **_exporter_options(),
-            )
-        proto = onnx.load(str(tmp))
-        onnx.checker.check_model(proto)
-        if metadata:
-            onnx.helper.set_model_props(proto, dict(metadata))
-        onnx.save(proto, str(tmp))
-        logits = onnx_logits(onnx_session(tmp, torch.get_num_threads()), check_images)
-        diff.append(float(np.abs(logits - reference).max()))
-        if not diff[0] <= tolerance:
-            raise RuntimeError(
-                f"the exported {model.name} differs from PyTorch by {diff[0]:.3g} (max abs logit) on "
-                f"{len(check_images)} images, more than the tolerance {tolerance:g}; nothing written"
-            )
-
-    atomic_write(path, write)
-    return diff[0]
-
-
-def _calibration_reader(images: torch.Tensor, batch_size: int):
-    from onnxruntime.quantization import CalibrationDataReader
-
-    class Batches(CalibrationDataReader):
-        def __init__(self) -> None:
-            x = images.detach().cpu().float().numpy()
-            self._batches = iter([{INPUT_NAME: x[i : i + batch_size]} for i in range(0, len(x), batch_size)])
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self._batches, None)
-
-    return Batches()
-
-
-def quantize_int8(
-    fp32_path: str | Path,
-    path: str | Path,
-    calibration: torch.Tensor,
-    *,
-    quant_format: str = "qdq",
-    per_channel: bool = True,
-    method: str = "minmax",
-) -> Path:
-    """Write an int8 copy of the fp32 ONNX file at ``fp32_path`` to ``path``, statically quantized.
-
-    Activation scales come from running ``calibration`` images (float [0, 1]) through the fp32 graph
-    (``method``: each tensor's min and max, or its 0.001th and 99.999th percentiles). Weights are
-    int8, with one scale per output channel if ``per_channel``. Activations are int8 in the QDQ
-    format (S8S8, onnxruntime's recommended default, native to ARM's dot-product instructions) and
-    uint8 in the QOperator format (U8S8), where onnxruntime warns that S8S8 is slow on x86-64. The
-    graph first goes through onnxruntime's quantization pre-processing (shape inference, graph
-    optimisation), the flow its quantizer asks for. The input resize stays fp32: its weights are
-    interpolation coefficients, and in int8 they would distort the image before the network sees it.
-    """
-    import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    with tempfile.TemporaryDirectory(prefix="robust-mnv1-quant-") as scratch:
-        prepared = Path(scratch) / "prepared.onnx"
-        quant_pre_process(str(fp32_path), str(prepared))
-        # Linear layers export as Gemm, so the only MatMul nodes are the SeparableResize's.
-        resize_nodes = [node.name for node in onnx.load(str(prepared)).graph.node if node.op_type == "MatMul"]
-
-        def write(tmp: Path) -> None:
-            quantize_static(
-                str(prepared),
-                str(tmp),
-                _calibration_reader(calibration, BATCH),
-                quant_format={"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}[quant_format],
-                per_channel=per_channel,
-                activation_type=QuantType.QInt8 if quant_format == "qdq" else QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                nodes_to_exclude=resize_nodes,
-                calibrate_method={
-                    "minmax": CalibrationMethod.MinMax,
-                    "percentile": CalibrationMethod.Percentile,
-                }[method],
-            )
-
-        return atomic_write(path, write)
 
 
 def _accuracy(logits: np.ndarray, labels: torch.Tensor) -> float:
@@ -468,7 +245,7 @@ def cached_model(
     ``train_key``, the setting that allows that.
     """
     models = cache_root(cfg) / "models"
-    name = make_model(cfg, dataset).name
+    name = model_spec(cfg, dataset).name
     entry = models / f"{name}-standard-{standard_key(cfg)}"
     _require_trained(entry, "standard", train_missing, train_key)
     model, meta = standard_model(cfg, dataset, device)
@@ -500,97 +277,6 @@ def _require_trained(entry: Path, regime: str, train_missing: bool, train_key: s
             "model.alpha, model.rho, data, seed, cache_dir as it was trained) or set "
             f"{train_key}=true to train it"
         )
-
-
-@dataclass(frozen=True)
-class Latency:
-    """Wall times of single calls, in milliseconds, in the order they ran."""
-
-    times_ms: tuple[float, ...]
-
-    def percentile(self, q: float) -> float:
-        return float(np.percentile(self.times_ms, q))
-
-    @property
-    def median(self) -> float:
-        return self.percentile(50)
-
-    def summary(self) -> dict[str, float]:
-        """Median, p10, p90 and interquartile range (ms), and the number of calls."""
-        p = {q: self.percentile(q) for q in (10, 25, 50, 75, 90)}
-        return {
-            "median_ms": p[50],
-            "p10_ms": p[10],
-            "p90_ms": p[90],
-            "iqr_ms": p[75] - p[25],
-            "n": len(self.times_ms),
-        }
-
-
-def compare_latency(
-    calls: Mapping[str, Callable[[], object]], *, reps: int, warmup: int, blocks: int = 10
-) -> dict[str, Latency]:
-    """Time ``reps`` single calls of each of ``calls``, after ``warmup`` untimed calls of each.
-
-    The calls run in ``blocks`` rounds, each engine taking its turn in a rotated order, so a change
-    in the machine's load during the measurement falls on every engine rather than on one of them.
-    """
-    if reps < blocks:
-        raise ValueError(f"reps={reps} must be at least blocks={blocks}")
-    names = list(calls)
-    for name in names:
-        for _ in range(warmup):
-            calls[name]()
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for b in range(blocks):
-        n = reps // blocks + (b < reps % blocks)
-        for name in names[b % len(names) :] + names[: b % len(names)]:
-            call = calls[name]
-            for _ in range(n):
-                start = time.perf_counter_ns()
-                call()
-                times[name].append((time.perf_counter_ns() - start) / 1e6)
-    return {name: Latency(tuple(t)) for name, t in times.items()}
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def edge_latency(
-    model: MobileNetV1,
-    image_size: int,
-    onnx_files: Mapping[str, str | Path],
-    *,
-    reps: int = 1000,
-    warmup: int = 50,
-    blocks: int = 10,
-    seed: int = 0,
-) -> dict[str, Latency]:
-    """Batch-1 latency of ``model`` in eager PyTorch (key ``"pytorch eager"``) and of each ONNX file of
-    ``onnx_files`` (by its key) in onnxruntime's CPU execution provider, all on one thread.
-
-    One thread for both, as on a single edge core, and so that the figures do not depend on how many
-    cores the host has. Each engine gets the same image, ``warmup`` untimed calls and ``reps`` timed
-    ones, interleaved (:func:`compare_latency`). PyTorch runs under ``inference_mode`` with the
-    model's own (antialiased) resize, the way the study times it.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    image = torch.rand(1, 3, image_size, image_size, generator=gen)
-    array = image.numpy()
-    eager = copy.deepcopy(model).cpu().eval()
-    sessions = {name: onnx_session(path, threads=1) for name, path in onnx_files.items()}
-    calls: dict[str, Callable[[], object]] = {"pytorch eager": lambda: eager(image)}
-    for name, session in sessions.items():
-        calls[name] = lambda s=session: s.run([OUTPUT_NAME], {INPUT_NAME: array})
-    with _torch_threads(1), torch.inference_mode():
-        return compare_latency(calls, reps=reps, warmup=warmup, blocks=blocks)
 
 
 def check_group(name: str, group: DictConfig, rules: Mapping[str, Rule]) -> None:

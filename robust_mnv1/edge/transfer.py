@@ -3,7 +3,7 @@
 ``python -m robust_mnv1.transfer experiment=study`` takes every model of ``transfer.grid`` (null: the
 study's ``study.grid``), standard and fine-tuned, from the model cache (never training one unless
 ``transfer.train_missing=true``). On each, the *source*, it crafts PGD examples with the protocol's
-settings (:func:`robust_mnv1.edge.deployed.craft_pgd`) at each eps of ``transfer.eps_255`` on the first
+settings (:func:`robust_mnv1.edge.crafting.craft_pgd`) at each eps of ``transfer.eps_255`` on the first
 ``transfer.n`` test images of the evaluation order, and runs them through every model of the grid,
 the *targets*, the source included: a target's accuracy on the source's examples is one cell of the
 matrix, its diagonal the white-box robust accuracy.
@@ -32,20 +32,10 @@ from omegaconf import DictConfig, open_dict
 
 from robust_mnv1.config.check import BOOL, COUNT, SCHEMA, list_of, number, optional, validate
 from robust_mnv1.config.compose import preflight, register_experiments, register_resolvers, user_errors_exit
+from robust_mnv1.config.spec import attack_spec
 from robust_mnv1.data import Dataset, load_dataset
 from robust_mnv1.edge import export as ex
-from robust_mnv1.edge.deployed import (
-    attack_fields,
-    check_attack,
-    check_images,
-    check_paths,
-    correct_on,
-    craft_pgd,
-    data_fields,
-    model_fields,
-    record_config,
-    regenerate,
-)
+from robust_mnv1.edge.crafting import correct_on, craft_pgd
 from robust_mnv1.edge.deployed_records import (
     SCHEMA_VERSION,
     TRANSFER,
@@ -53,6 +43,16 @@ from robust_mnv1.edge.deployed_records import (
     model_id,
     validate_transfer_record,
     write_record,
+)
+from robust_mnv1.edge.record_fields import (
+    attack_fields,
+    check_attack,
+    check_images,
+    check_paths,
+    data_fields,
+    model_fields,
+    record_config,
+    regenerate,
 )
 from robust_mnv1.evaluation.protocol import eval_subset
 from robust_mnv1.evaluation.study import unit_configs
@@ -148,7 +148,7 @@ def _done(path: Path, digest: str, members: list[Member]) -> bool:
 
 def run_transfer(cfg: DictConfig) -> list[Path]:
     """Write the transfer record of every source of the grid that lacks one; return their paths."""
-    tcfg, acfg = cfg.transfer, cfg.attack.pgd
+    tcfg, pgd = cfg.transfer, attack_spec("pgd", cfg.attack.pgd)
     device = resolve_device(cfg.device)
     dataset = load_dataset(cfg.data, cache_root(cfg) / "data")
     members = grid_members(cfg, dataset, device)
@@ -173,9 +173,9 @@ def run_transfer(cfg: DictConfig) -> list[Path]:
             print(f"{source.id}: recorded already ({path})")
             continue
         if not clean:
-            clean.update({m.id: correct_on(m.model, x, y, acfg.batch_size) for m in members})
+            clean.update({m.id: correct_on(m.model, x, y, pgd.batch_size) for m in members})
         t0 = time.perf_counter()
-        adv = craft_pgd(source.model, x, y, acfg, tcfg.eps_255, seed, early_exit=tcfg.early_exit)
+        adv = craft_pgd(source.model, x, y, pgd, tcfg.eps_255, seed, early_exit=tcfg.early_exit)
         t1 = time.perf_counter()
         eps_entries = [
             {
@@ -183,7 +183,7 @@ def run_transfer(cfg: DictConfig) -> list[Path]:
                 "eps_255": e,
                 "source_white_box": count_entry(robust, "robust"),
                 "targets": {
-                    m.id: count_entry(correct_on(m.model, xa, y, acfg.batch_size), "robust") for m in members
+                    m.id: count_entry(correct_on(m.model, xa, y, pgd.batch_size), "robust") for m in members
                 },
             }
             for e, (xa, robust) in sorted(adv.items())
@@ -198,7 +198,7 @@ def run_transfer(cfg: DictConfig) -> list[Path]:
             "config_hash": digest,
             "n": len(y),
             "order": "stratified",
-            "attack": attack_fields(acfg, seed, device, early_exit=tcfg.early_exit),
+            "attack": attack_fields(pgd, seed, device, early_exit=tcfg.early_exit),
             "targets": {m.id: {**m.fields, "clean": count_entry(clean[m.id], "correct")} for m in members},
             "eps": eps_entries,
             "timing": {"craft_s": t1 - t0, "evaluate_s": time.perf_counter() - t1},

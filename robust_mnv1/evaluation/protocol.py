@@ -12,13 +12,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
 
 import attacks
-from attacks import APGD, APGDT, FGSM, PGD, CarliniWagnerL2
+from attacks import FGSM
 from robust_mnv1.data import Split
-from robust_mnv1.evaluation.stats import bootstrap_ci, wilson_ci
+from robust_mnv1.evaluation.specs import APGDSpec, CWSpec, FGSMSpec, PGDSpec, SquareSpec, eps
 from robust_mnv1.infra.errors import UserError
+from robust_mnv1.records.intervals import bootstrap_ci, wilson_ci
 from robust_mnv1.records.schema import decode_mask, encode_mask
 
 # The evaluation order's shuffle is the same for every model, seed and run, so that all records of a
@@ -106,7 +106,7 @@ def _eps_entry(name: str, eps_255: float, loss: str, robust: torch.Tensor) -> di
     return {
         "attack": name,
         "norm": "linf",
-        "eps": eps_255 / 255,
+        "eps": eps(eps_255),
         "eps_255": eps_255,
         "loss": loss,
         "n": n,
@@ -117,32 +117,15 @@ def _eps_entry(name: str, eps_255: float, loss: str, robust: torch.Tensor) -> di
     }
 
 
-def run_fgsm(model, x, y, acfg: DictConfig) -> list[dict]:
-    results = FGSM.over_eps(model, x, y, [e / 255 for e in acfg.eps_255], batch_size=acfg.batch_size)
+def run_fgsm(model, x, y, spec: FGSMSpec) -> list[dict]:
+    results = FGSM.over_eps(model, x, y, [eps(e) for e in spec.eps_255], batch_size=spec.batch_size)
     return [
         _eps_entry("fgsm", e, "ce", res.clean_correct & ~res.success)
-        for e, res in zip(acfg.eps_255, results, strict=True)
+        for e, res in zip(spec.eps_255, results, strict=True)
     ]
 
 
-def pgd_arguments(acfg: DictConfig, eps_255: float, seed: int) -> dict[str, Any]:
-    """The protocol's PGD arguments at one eps, all but the loss."""
-    return dict(
-        eps=eps_255 / 255,
-        steps=acfg.steps,
-        random_start=acfg.random_start,
-        restarts=acfg.restarts,
-        batch_size=acfg.batch_size,
-        seed=seed,
-    )
-
-
-def adds_margin(acfg: DictConfig, eps_255: float) -> bool:
-    """Whether the protocol also attacks with the margin loss at this eps."""
-    return eps_255 in acfg.margin_at_255 and acfg.loss != "margin"
-
-
-def run_pgd(model, x, y, acfg: DictConfig, seed: int) -> list[dict]:
+def run_pgd(model, x, y, spec: PGDSpec, seed: int) -> list[dict]:
     """PGD over the eps grid, smallest eps first, each eps attacking only the previous one's survivors.
 
     A perturbation inside a small ball lies inside every larger one, so a sample broken at one eps is
@@ -152,21 +135,19 @@ def run_pgd(model, x, y, acfg: DictConfig, seed: int) -> list[dict]:
     """
     out = []
     alive = torch.ones(len(y), dtype=torch.bool, device=y.device)
-    for e in sorted(acfg.eps_255):
-        common = pgd_arguments(acfg, e, seed)
-        loss = f"{acfg.loss}+margin" if adds_margin(acfg, e) else acfg.loss
+    for e in sorted(spec.eps_255):
         robust = torch.zeros_like(alive)
         idx = alive.nonzero().squeeze(1)
         if idx.numel():
-            res = PGD(**common, loss=acfg.loss)(model, x[idx], y[idx])
+            res = spec.attack(e, seed)(model, x[idx], y[idx])
             survived = res.clean_correct & ~res.success
-            if loss != acfg.loss and survived.any():
+            if spec.adds_margin(e) and survived.any():
                 # Margin loss catches saturated softmax, where CE gradients vanish: it attacks CE's survivors.
                 keep = survived.nonzero().squeeze(1)
-                margin = PGD(**common, loss="margin")(model, x[idx[keep]], y[idx[keep]])
+                margin = spec.attack(e, seed, loss="margin")(model, x[idx[keep]], y[idx[keep]])
                 survived[keep] = margin.clean_correct & ~margin.success
             robust[idx] = survived
-        out.append(_eps_entry("pgd", e, loss, robust))
+        out.append(_eps_entry("pgd", e, spec.loss_label(e), robust))
         alive = robust
     return out
 
@@ -185,27 +166,18 @@ def survivors(records: list[dict], eps_255: float, n: int) -> torch.Tensor:
     return torch.from_numpy(np.logical_and.reduce(masks))
 
 
-def apgd_stages(acfg: DictConfig, eps_255: float, seed: int) -> list[tuple[str, Any]]:
-    """The protocol's APGD attacks at one eps, in the order they run: APGD-CE, then APGD-T."""
-    common = dict(eps=eps_255 / 255, seed=seed, batch_size=acfg.batch_size)
-    return [
-        ("apgd-ce", APGD(**common, steps=acfg.ce_steps, loss="ce")),
-        ("apgd-t", APGDT(**common, steps=acfg.targeted_steps, n_target_classes=acfg.n_target_classes)),
-    ]
-
-
-def run_apgd(model, x, y, acfg: DictConfig, seed: int, before: dict[float, torch.Tensor]) -> list[dict]:
-    """APGD-CE, then APGD-T on what it left, at each eps of ``acfg.eps_255``, attacking only the images
+def run_apgd(model, x, y, spec: APGDSpec, seed: int, before: dict[float, torch.Tensor]) -> list[dict]:
+    """APGD-CE, then APGD-T on what it left, at each eps of ``spec.eps_255``, attacking only the images
     ``before[eps]`` marks robust (those every FGSM and PGD record left robust there).
 
     The entries' masks are therefore robust to every attack of the protocol at that eps: the worst
     case, as the leaderboard takes it; what APGD added is ``attacked - robust``.
     """
     out = []
-    for e in acfg.eps_255:
+    for e in spec.eps_255:
         robust = before[e].to(y.device).clone()
         broken = {}
-        for name, attack in apgd_stages(acfg, e, seed):
+        for name, attack in spec.stages(e, seed):
             idx = robust.nonzero().squeeze(1)
             broken[name] = 0
             if idx.numel():
@@ -221,34 +193,27 @@ def run_apgd(model, x, y, acfg: DictConfig, seed: int, before: dict[float, torch
 
 
 def square_check(
-    model, x, y, robust: torch.Tensor, eps_255: float, scfg: DictConfig, seed: int
+    model, x, y, robust: torch.Tensor, eps_255: float, spec: SquareSpec, seed: int
 ) -> dict[str, Any] | None:
     """The gradient-free Square attack on a seeded sample of the images every gradient attack left
     robust at ``eps_255`` (``attacks.checks.check_square_breaks_robust``): the sanity report, flagged
     when Square breaks more than the check's share of them, a sign that the gradients misled. None
-    when ``scfg.samples`` is 0 (the check is off)."""
-    if scfg.samples == 0:
+    when ``spec.samples`` is 0 (the check is off)."""
+    if spec.samples == 0:
         return None
     idx = robust.nonzero().squeeze(1).cpu()
     if not idx.numel():
         return {"name": "square_breaks_robust", "flagged": False, "detail": "no robust image to check"}
-    pick = idx[torch.randperm(idx.numel(), generator=torch.Generator().manual_seed(seed))[: scfg.samples]]
+    pick = idx[torch.randperm(idx.numel(), generator=torch.Generator().manual_seed(seed))[: spec.samples]]
     pick = pick.to(x.device)
     report = attacks.checks.check_square_breaks_robust(
-        model, x[pick], y[pick], eps=eps_255 / 255, samples=scfg.samples, queries=scfg.queries, seed=seed
+        model, x[pick], y[pick], eps=eps(eps_255), samples=spec.samples, queries=spec.queries, seed=seed
     )
     return report.to_dict()
 
 
-def run_cw(model, x, y, acfg: DictConfig, seed: int) -> dict[str, Any]:
-    res = CarliniWagnerL2(
-        steps=acfg.steps,
-        binary_search_steps=acfg.binary_search_steps,
-        confidence=acfg.confidence,
-        lr=acfg.lr,
-        initial_const=acfg.initial_const,
-        batch_size=acfg.batch_size,
-    )(model, x, y)
+def run_cw(model, x, y, spec: CWSpec, seed: int) -> dict[str, Any]:
+    res = spec.attack()(model, x, y)
     correct = res.clean_correct.cpu().numpy()
     broken = res.success.cpu().numpy() & correct
     # Minimal L2 over clean-correct samples; one C&W never broke counts as infinitely robust.
@@ -267,10 +232,10 @@ def run_cw(model, x, y, acfg: DictConfig, seed: int) -> dict[str, Any]:
         "l2_per_image": [float(f"{v:.6g}") for v in l2],
         "robust_at": [
             {"l2": r, **accuracy_entry(round(res.robust_accuracy_at(r) * len(y)), len(y))}
-            for r in acfg.l2_radii
+            for r in spec.l2_radii
         ],
-        "steps": acfg.steps,
-        "binary_search_steps": acfg.binary_search_steps,
+        "steps": spec.steps,
+        "binary_search_steps": spec.binary_search_steps,
     }
 
 

@@ -27,19 +27,21 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from robust_mnv1.config.spec import attack_spec, model_spec
 from robust_mnv1.cost import layer_costs
 from robust_mnv1.data import Dataset, load_dataset
 from robust_mnv1.evaluation import protocol as ev
+from robust_mnv1.evaluation.specs import APGDSpec, FGSMSpec, PGDSpec, eps
 from robust_mnv1.infra.device import resolve_device
 from robust_mnv1.infra.envinfo import environment
 from robust_mnv1.infra.filelock import exclusive
 from robust_mnv1.infra.malloc import keep_freed_memory
-from robust_mnv1.leaderboard import generate
 from robust_mnv1.records.schema import config_hash, decode_mask, make_run_id
 from robust_mnv1.records.store import parse_record, write_record
 from robust_mnv1.records.validate import validate_record
+from robust_mnv1.report.board import generate
 from robust_mnv1.training.checkpoint import weights_digest
-from robust_mnv1.training.model_cache import cache_root, finetuned_model, make_model, standard_model
+from robust_mnv1.training.model_cache import cache_root, finetuned_model, standard_model
 
 # In the order a stage runs them: APGD attacks what FGSM and PGD left robust, so it comes after both.
 ATTACKS = ("fgsm", "pgd", "apgd", "cw")
@@ -104,7 +106,8 @@ class Unit:
 
     def __init__(self, cfg: DictConfig, dataset: Dataset, device: torch.device, runs_dir: Path):
         self.cfg, self.dataset, self.device, self.runs_dir = cfg, dataset, device, runs_dir
-        self.name = make_model(cfg, dataset).name
+        self.spec = model_spec(cfg, dataset)
+        self.name = self.spec.name
         self.regimes = ("standard", cfg.finetune.regime)
         self.attacks = [a for a in ATTACKS if a in cfg.attack]
 
@@ -204,26 +207,26 @@ class Unit:
         x, y = ev.eval_subset(ds.test, n, device, cfg.eval.order)
         clean = ev.clean_accuracy(model, x, y)
         ev.check_clean(clean, meta["test_acc"], cfg.eval.max_clean_drop, f"{self.name} {regime}")
-        acfg = cfg.attack[attack]
+        spec = attack_spec(attack, cfg.attack[attack])
         eps_results, cw, square = [], None, None
-        if attack == "fgsm":
-            eps_results = ev.run_fgsm(model, x, y, acfg)
-        elif attack == "pgd":
-            eps_results = ev.run_pgd(model, x, y, acfg, cfg.seed)
-        elif attack == "apgd":
+        if isinstance(spec, FGSMSpec):
+            eps_results = ev.run_fgsm(model, x, y, spec)
+        elif isinstance(spec, PGDSpec):
+            eps_results = ev.run_pgd(model, x, y, spec, cfg.seed)
+        elif isinstance(spec, APGDSpec):
             earlier = [self.record(regime, base) for base in BUILDS_ON[attack]]
-            before = {e: ev.survivors(earlier, e, len(y)) for e in acfg.eps_255}
-            eps_results = ev.run_apgd(model, x, y, acfg, cfg.seed, before)
+            before = {e: ev.survivors(earlier, e, len(y)) for e in spec.eps_255}
+            eps_results = ev.run_apgd(model, x, y, spec, cfg.seed, before)
             headline = eps_results[-1]
             robust = torch.from_numpy(decode_mask(headline["robust_mask"], headline["n"]))
-            square = ev.square_check(model, x, y, robust, headline["eps_255"], acfg.square, cfg.seed)
+            square = ev.square_check(model, x, y, robust, headline["eps_255"], spec.square, cfg.seed)
         else:
-            cw = ev.run_cw(model, x, y, acfg, cfg.seed)
+            cw = ev.run_cw(model, x, y, spec, cfg.seed)
         eval_s = time.perf_counter() - t0
         if stage.sanity is None and cfg.eval.sanity.enabled:
             t1 = time.perf_counter()
             xs, ys = ev.eval_subset(ds.test, cfg.eval.sanity.n, device, cfg.eval.order)
-            stage.sanity = ev.sanity(model, xs, ys, eps=8 / 255, seed=cfg.seed)
+            stage.sanity = ev.sanity(model, xs, ys, eps=eps(8), seed=cfg.seed)
             stage.sanity_s = time.perf_counter() - t1
         path, digest = self.path(regime, attack)
         timing = {

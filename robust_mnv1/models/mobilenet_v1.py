@@ -86,6 +86,16 @@ PROFILES: dict[str, tuple[int, int, tuple[float, ...], tuple[float, ...]]] = {
 }
 
 
+def input_resolution(profile: str, rho: float) -> int:
+    """Pixels per side that the stem sees: the profile's base resolution times ``rho``, rounded."""
+    return round(PROFILES[profile][1] * rho)
+
+
+def model_name(alpha: float, resolution: int) -> str:
+    """Short label such as ``MobileNetV1-0.50-32px`` (alpha, input resolution)."""
+    return f"MobileNetV1-{alpha:.2f}-{resolution}px"
+
+
 def scaled_channels(channels: int, alpha: float) -> int:
     """Channels of a layer after the width multiplier, floored at 8 as the reference code does."""
     return max(8, int(channels * alpha))
@@ -179,12 +189,12 @@ class MobileNetV1(nn.Module):
             "drop_rate", drop_rate, "a number in [0, 1)", _is_real(drop_rate) and 0 <= drop_rate < 1
         )
         stem_stride, base_resolution, default_mean, default_std = PROFILES[profile]
-        input_resolution = round(base_resolution * rho)
+        resolution = input_resolution(profile, rho)
         _check_number(
             "rho",
             rho,
             f"large enough that round({base_resolution} * rho) >= 1 pixel",
-            input_resolution >= 1,
+            resolution >= 1,
         )
         mean = default_mean if mean is None else tuple(mean)
         std = default_std if std is None else tuple(std)
@@ -198,7 +208,7 @@ class MobileNetV1(nn.Module):
         self.num_classes = num_classes
         self.profile = profile
         self.base_resolution = base_resolution
-        self.input_resolution = input_resolution
+        self.input_resolution = resolution
         # Shaped for broadcasting over NCHW; buffers so they follow .to(device) and state_dict.
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
@@ -218,7 +228,7 @@ class MobileNetV1(nn.Module):
     @property
     def name(self) -> str:
         """Short label such as ``MobileNetV1-0.50-32px`` (alpha, input resolution)."""
-        return f"MobileNetV1-{self.alpha:.2f}-{self.input_resolution}px"
+        return model_name(self.alpha, self.input_resolution)
 
     def _init_weights(self) -> None:
         for module in self.modules():

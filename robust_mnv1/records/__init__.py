@@ -1,2 +1,3 @@
 """Run records, the contract between evaluation and reporting: their format (:mod:`.schema`), its
-validation (:mod:`.validate`) and their storage (:mod:`.store`)."""
+validation (:mod:`.validate`), their storage (:mod:`.store`) and the intervals they state
+(:mod:`.intervals`)."""

@@ -20,11 +20,12 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from robust_mnv1.records.schema import REGIMES
+from robust_mnv1.report.metric_stats import Metric
 
 # The verdict figures name a regime as the verdicts do ("standard training"), the table's figures
 # as the table does ("standard").
 from robust_mnv1.report.table import REGIME_LABELS as TABLE_REGIME_LABELS
-from robust_mnv1.report.verdicts import REGIME_LABELS, Board, Metric, Series
+from robust_mnv1.report.verdicts import REGIME_LABELS, Board, Series
 
 # The names of the figures, in the order the board links them.
 FIGURES = ("width_series", "resolution_series", "finetune_gain", "robust_acc_vs_eps", "robustness_vs_macs")

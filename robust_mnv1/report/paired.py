@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 from scipy.stats import binom, norm
 
-from robust_mnv1.evaluation.stats import Z95
+from robust_mnv1.records.intervals import Z95
 
 
 def _two_sided_binomial(k: int, n: int) -> float:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from robust_mnv1.evaluation.stats import percentile_interval, wilson_ci
+from robust_mnv1.records.intervals import percentile_interval, wilson_ci
 from robust_mnv1.records.schema import REGIMES, decode_mask
 from robust_mnv1.records.store import check_combinable
 from robust_mnv1.report.outcomes import eps_key

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 
-from robust_mnv1.report.verdicts import ALPHA, N_BOOT, REGIME_LABELS, Board, Metric, Series, Test
+from robust_mnv1.report.metric_stats import N_BOOT, Metric
+from robust_mnv1.report.verdicts import ALPHA, REGIME_LABELS, Board, Series, Test
 
 RULE = (
     "A comparison concludes when its Holm-adjusted p < {alpha} (over all {m} tests of this board), its "

@@ -16,11 +16,9 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from robust_mnv1.config.check import check_data_sizes
+from robust_mnv1.config.spec import model_spec
 from robust_mnv1.data import Dataset
 from robust_mnv1.infra.device import use_cuda_graph
-from robust_mnv1.infra.errors import UserError
-from robust_mnv1.models import build_model
 from robust_mnv1.training.checkpoint import cache_key, weights_digest
 from robust_mnv1.training.fit import cross_entropy_objective, fit
 
@@ -57,20 +55,6 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def make_model(cfg: DictConfig, dataset: Dataset) -> torch.nn.Module:
-    """The model ``cfg`` names for ``dataset``, once ``cfg`` is checked against the dataset's real size
-    (an image folder's is known only once it is read; every task builds its models here first)."""
-    check_data_sizes(cfg, len(dataset.train.y), len(dataset.test.y), dataset.label)
-    num_classes = cfg.model.num_classes if cfg.model.num_classes is not None else dataset.num_classes
-    if num_classes != dataset.num_classes:
-        raise UserError(
-            f"model.num_classes={num_classes} but {dataset.label} has {dataset.num_classes} classes"
-        )
-    return build_model(
-        alpha=cfg.model.alpha, rho=cfg.model.rho, profile=cfg.model.profile, num_classes=num_classes
-    )
-
-
 def standard_key(cfg: DictConfig) -> str:
     model = OmegaConf.to_container(cfg.model, resolve=True)
     train = OmegaConf.to_container(cfg.train, resolve=True)
@@ -80,7 +64,7 @@ def standard_key(cfg: DictConfig) -> str:
 def standard_model(cfg: DictConfig, dataset: Dataset, device: torch.device) -> tuple[torch.nn.Module, dict]:
     """The standard-trained model for ``cfg``: from the cache, or trained now and cached."""
     torch.manual_seed(cfg.seed)
-    model = make_model(cfg, dataset)
+    model = model_spec(cfg, dataset).build()
     key = standard_key(cfg)
     meta = fit(
         model,
@@ -106,7 +90,7 @@ def finetuned_model(
 
     fcfg = cfg.finetune
     torch.manual_seed(cfg.seed)
-    model = make_model(cfg, dataset)
+    model = model_spec(cfg, dataset).build()
     model.load_state_dict(parent.state_dict())
     # The parent's weights, not just its recipe, name the fine-tuned model: a retrained parent (GPU
     # training is not bit-reproducible) must not be paired with a child of its predecessor.
