@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import re
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -36,6 +37,7 @@ from robust_mnv1.infra.device import resolve_device
 from robust_mnv1.infra.envinfo import environment
 from robust_mnv1.infra.filelock import exclusive
 from robust_mnv1.infra.malloc import keep_freed_memory
+from robust_mnv1.infra.parent_watch import exit_with_parent
 from robust_mnv1.records.schema import config_hash, decode_mask, make_run_id
 from robust_mnv1.records.store import parse_record, write_record
 from robust_mnv1.records.validate import validate_record
@@ -303,8 +305,9 @@ def run_unit(cfg: DictConfig, device_name: str, threads: int | None) -> None:
     Unit(cfg, dataset, device, Path(cfg.results_dir) / "runs").run(evaluate=cfg.study.evaluate)
 
 
-def _worker(container: dict, device_name: str, threads: int | None) -> str:
+def _worker(container: dict, device_name: str, threads: int | None, study_pid: int) -> str:
     cfg = OmegaConf.create(container)
+    exit_with_parent(study_pid)
     keep_freed_memory()  # a spawned worker is a fresh process: the CLI's allocator settings are not inherited
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     run_unit(cfg, device_name, threads)
@@ -327,7 +330,9 @@ def _run_units(
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
             futures = [
-                pool.submit(_worker, OmegaConf.to_container(u, resolve=True), str(device), threads)
+                pool.submit(
+                    _worker, OmegaConf.to_container(u, resolve=True), str(device), threads, os.getpid()
+                )
                 for u in units
             ]
             try:
