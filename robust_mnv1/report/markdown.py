@@ -18,8 +18,8 @@ import pandas as pd
 
 from robust_mnv1.records.schema import REGIMES
 from robust_mnv1.report.figures import FIGURES
-from robust_mnv1.report.outcomes import eps_key
-from robust_mnv1.report.table import ACC_METRICS, REGIME_LABELS, build_table
+from robust_mnv1.report.outcomes import POINTS, eps_key
+from robust_mnv1.report.table import REGIME_LABELS, build_table
 from robust_mnv1.report.verdict_text import section as verdict_section
 from robust_mnv1.report.verdicts import Board, analyse_all
 
@@ -104,7 +104,7 @@ def table_lines(rows: pd.DataFrame) -> list[str]:
             f"{r['params_m']:.2f}",
             f"{r['macs_m']:.1f}",
             _fmt_acc(r, "clean"),
-            *(_fmt_acc(r, key) for key, _, _ in ACC_METRICS),
+            *(_fmt_acc(r, key) for key, _, _ in POINTS),
             *((_fmt_acc(r, "apgd_added"),) if apgd else ()),
             _fmt_cw(r),
             DASH if math.isnan(r["latency_ms"]) else f"{r['latency_ms']:.2f}",

@@ -20,14 +20,12 @@ import pandas as pd
 from robust_mnv1.records.intervals import percentile_interval, wilson_ci
 from robust_mnv1.records.schema import REGIMES, decode_mask
 from robust_mnv1.records.store import check_combinable
-from robust_mnv1.report.outcomes import eps_key
+from robust_mnv1.report.outcomes import POINTS, eps_key
 
 # How the board's table and figures name each regime.
 REGIME_LABELS = {"standard": "standard", "pgd-at": "PGD-AT", "fast-at": "fast-AT", "trades": "TRADES"}
-# (metric key, attack, eps in units of 1/255) of the accuracy columns; "worst" is every attack.
-ACC_METRICS = (("fgsm8", "fgsm", 8.0), ("pgd2", "pgd", 2.0), ("pgd8", "pgd", 8.0), ("worst8", "worst", 8.0))
 # The eps at which the board reports what APGD added to the worst case (the worst case's own).
-APGD_EPS = 8.0
+APGD_EPS = next(eps for key, attack, eps in POINTS if attack == "worst")
 # Bootstrap of several seeds' C&W median (their per-image distances drawn together).
 REDRAW_SEED = (0, 1)
 N_BOOT = 2000
@@ -151,7 +149,7 @@ def _row_dict(row: _Row) -> dict[str, Any]:
     }
     summaries = list(row.seeds.values())
     out.update({f"clean_{k}": v for k, v in _agg_counts([s.clean for s in summaries]).items()})
-    for key, attack, eps in ACC_METRICS:
+    for key, attack, eps in POINTS:
         if attack == "worst":
             found = [s.worst[eps] for s in summaries if eps in s.worst]
             out[f"{key}_prefix"] = any(prefix for _, _, prefix in found)
