@@ -23,6 +23,11 @@ def test_leaderboard_regenerates_byte_identically(results, tmp_path):
     generate(tmp_path)
     for name in ("leaderboard.md", "leaderboard.csv"):
         assert (tmp_path / name).read_bytes() == (results / name).read_bytes(), f"{results / name} is stale"
+    figures = sorted(p.name for p in (tmp_path / "figures").glob("*.png"))
+    assert figures == sorted(p.name for p in (results / "figures").glob("*.png"))
+    for name in figures:
+        fresh, published = tmp_path / "figures" / name, results / "figures" / name
+        assert fresh.read_bytes() == published.read_bytes(), f"{published} is stale"
 
 
 @pytest.mark.skipif(not PUBLISHED, reason="no published results yet")

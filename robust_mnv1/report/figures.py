@@ -72,7 +72,12 @@ def plot_series(boards: Mapping[str, Board], name: str, path: Path) -> None:
     axes = fig.subplots(len(rows), len(metrics), squeeze=False)
     for (data_key, board), ax_row in zip(rows, axes, strict=True):
         for ax, metric in zip(ax_row, metrics, strict=True):
-            for st in (st for st in board.stats if st.series.name == name and st.metric == metric):
+            drawn = [st for st in board.stats if st.series.name == name and st.metric == metric]
+            if not drawn:
+                # e.g. a worst case that waits for an attack family some of the series' models lack
+                _note(ax, f"{data_key}:\n{metric.label}:\nno {name} series has it yet")
+                continue
+            for st in drawn:
                 s: Series = st.series
                 style, marker = _STYLE.get(s.regime, ("-", "o"))
                 xs = [s.level(o) for o in st.models]
