@@ -3,11 +3,11 @@
 The model comes from the model cache, selected with the export CLI's overrides (``experiment``,
 ``model.alpha``, ``model.rho``, ``seed``, ``export.regime``, see ``python -m robust_mnv1.export``); it is
 exported and quantized into a temporary directory (or ``--out``) exactly as that CLI does, then timed by
-:func:`robust_mnv1.edge.export.edge_latency`: one image, batch 1, one thread for PyTorch and for onnxruntime's
-CPU execution provider, an untimed warm-up, then ``--reps`` single calls per engine interleaved in
-blocks, so that a change in the machine's load falls on every engine. The table gives the median and
-the spread (p10, p90, interquartile range) of those calls and each engine's speed-up over eager
-PyTorch, measured in the same run. Run from the repository root:
+:func:`robust_mnv1.edge.latency.edge_latency`: one image, batch 1, one thread for PyTorch and for
+onnxruntime's CPU execution provider, an untimed warm-up, then ``--reps`` single calls per engine
+interleaved in blocks, so that a change in the machine's load falls on every engine. The table gives
+the median and the spread (p10, p90, interquartile range) of those calls and each engine's speed-up
+over eager PyTorch, measured in the same run. Run from the repository root:
 
     OMP_NUM_THREADS=1 python bench/edge_bench.py experiment=study model.alpha=0.25
     OMP_NUM_THREADS=1 python bench/edge_bench.py experiment=study model.alpha=1.0 model.rho=0.875
