@@ -1,9 +1,10 @@
-"""``python -m robust_mnv1.leaderboard [--results DIR] [--skip-invalid]``: regenerate a board.
+"""``python -m robust_mnv1.leaderboard [--results DIR] [--skip-invalid] [--timing]``: regenerate a board.
 
 Reads ``DIR/runs/*.json`` (and ``DIR/profiles/*.json``) and writes ``DIR/leaderboard.md``,
 ``DIR/leaderboard.csv`` and ``DIR/figures/*.png`` through :func:`generate`
 (:mod:`robust_mnv1.report.board`), printing the written paths; a problem with the records is one
-``error:`` line and exit status 1.
+``error:`` line and exit status 1. ``--timing`` writes nothing and prints where the records' time went
+(:mod:`robust_mnv1.report.timing`) as a markdown table.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from robust_mnv1.infra.errors import UserError
+from robust_mnv1.records.store import read_records
+from robust_mnv1.report import timing
 from robust_mnv1.report.board import generate
 
 __all__ = ["generate", "main"]
@@ -34,7 +37,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="leave out record files that fail validation (the board lists them) instead of stopping",
     )
+    parser.add_argument(
+        "--timing", action="store_true", help="print each model's stage times from the records; write nothing"
+    )
     args = parser.parse_args(argv)
+    if args.timing:
+        records, invalid = read_records(args.results / "runs")
+        for path, reason in invalid:
+            print(f"warning: skipping record {path}: {reason}", file=sys.stderr)
+        print(timing.markdown(timing.stage_times(records)), end="")
+        return 0
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:

@@ -285,6 +285,28 @@ def test_cli_writes_outputs(tmp_path, study, capsys):
     assert str(tmp_path / "leaderboard.md") in out
 
 
+def test_cli_timing_prints_each_models_stage_times_and_writes_nothing(tmp_path, study, capsys):
+    write_study(study, tmp_path)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    assert lb.main(["--results", str(tmp_path), "--timing"]) == 0
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+    lines = capsys.readouterr().out.splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    families = sorted({r["attack"] for r in study}, key=["fgsm", "pgd", "apgd", "cw"].index)
+    assert header == ["model", "seed", "regime", "trained on", "train s", "finetune s"] + [
+        f"{a} s" for a in families
+    ] + ["evaluated on"]
+    assert len(lines) - 2 == len({(r["model"]["name"], r["seed"], r["regime"]) for r in study})
+    first = next(r for r in study if r["regime"] == "standard")
+    row = next(
+        [c.strip() for c in line.strip("|").split("|")]
+        for line in lines[2:]
+        if f"| {first['model']['name']} | {first['seed']} | standard |" in line
+    )
+    assert row[5] == "—"  # no fine-tuning in a standard row
+    assert row[header.index(f"{first['attack']} s")] == f"{first['timing']['eval_s']:.0f}"
+
+
 def test_cli_empty_dir_is_a_one_line_error(tmp_path, capsys):
     assert lb.main(["--results", str(tmp_path)]) == 1
     err = capsys.readouterr().err
