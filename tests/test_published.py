@@ -34,3 +34,22 @@ def test_leaderboard_regenerates_byte_identically(results, tmp_path):
 def test_readme_findings_match_generated_files():
     readme = REPO / "README.md"
     assert readme_findings(["--results", str(PUBLISHED[0]), "--readme", str(readme), "--check"]) == 0
+
+
+DEPLOYED = REPO / "results"
+
+
+@pytest.mark.skipif(not list((DEPLOYED / "deployed").glob("*.json")), reason="no deployed records yet")
+def test_deployed_report_regenerates_byte_identically(tmp_path):
+    pytest.importorskip("onnxruntime")  # the report reads no ONNX, but its module sits with the exporter
+    from robust_mnv1.edge.deployed_report import generate as deployed_report
+
+    for inputs in ("deployed", "transfer"):
+        if (DEPLOYED / inputs).is_dir():
+            shutil.copytree(
+                DEPLOYED / inputs, tmp_path / inputs, ignore=shutil.ignore_patterns("*.csv", "*.png")
+            )
+    written = deployed_report(tmp_path)
+    for path in written:
+        published = DEPLOYED / path.relative_to(tmp_path)
+        assert path.read_bytes() == published.read_bytes(), f"{published} is stale"
