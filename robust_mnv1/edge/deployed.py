@@ -64,6 +64,7 @@ from robust_mnv1.edge.record_fields import (
     run_environment,
 )
 from robust_mnv1.evaluation.protocol import eval_subset
+from robust_mnv1.evaluation.specs import eps
 from robust_mnv1.infra.device import resolve_device
 from robust_mnv1.infra.envinfo import cpu_name
 from robust_mnv1.infra.errors import UserError
@@ -155,7 +156,7 @@ def run_deployed(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
         robust.update({k: ox.onnx_logits(s, xa).argmax(1) == labels_n for k, s in sessions.items()})
         eps_entries.append(
             {
-                "eps": e / 255,
+                "eps": eps(e),
                 "eps_255": e,
                 **{k: count_entry(v, "robust") for k, v in robust.items()},
                 "int8_vs_fp32": paired_comparison(

@@ -55,6 +55,7 @@ from robust_mnv1.edge.record_fields import (
     regenerate,
 )
 from robust_mnv1.evaluation.protocol import eval_subset
+from robust_mnv1.evaluation.specs import eps
 from robust_mnv1.evaluation.study import unit_configs
 from robust_mnv1.infra.device import resolve_device
 from robust_mnv1.infra.envinfo import environment
@@ -179,7 +180,7 @@ def run_transfer(cfg: DictConfig) -> list[Path]:
         t1 = time.perf_counter()
         eps_entries = [
             {
-                "eps": e / 255,
+                "eps": eps(e),
                 "eps_255": e,
                 "source_white_box": count_entry(robust, "robust"),
                 "targets": {
