@@ -67,10 +67,10 @@ def main() -> None:
     if args.regime != "standard":
         model, _ = finetuned_model(cfg, dataset, device, model, meta)
     x, y = ev.eval_subset(dataset.test, args.n, device, cfg.eval.order)
-    n_records = earlier[0]["clean"]["n"]
-    full = ev.survivors(earlier, 8, n_records)
+    n_records = earlier[0].clean.n
+    full = ev.survivors([e for r in earlier for e in r.eps_results], 8, n_records)
     before = full[: args.n].to(device)
-    correct = int(ev.clean_accuracy(model, x, y)["correct"])
+    correct = ev.clean_accuracy(model, x, y).correct
     print(f"{unit.name} {args.regime} seed {args.seed}, {dataset.label}: first {args.n} images of the order,")
     print(
         f"clean {correct}, FGSM+PGD robust at 8/255 {int(before.sum())}; {cpu_name()} "

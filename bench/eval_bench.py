@@ -56,20 +56,19 @@ def cw_rows(models, budgets, dataset, n: int, cfg: DictConfig, device) -> list[d
     for regime, model in models:
         for steps, lr in budgets:
             acfg = attack_spec("cw", OmegaConf.merge(cfg.attack.cw, {"steps": steps, "lr": lr}))
-            result: dict = {}
-            seconds = timed(
-                device, lambda a=acfg, m=model, r=result: r.update(ev.run_cw(m, x, y, a, cfg.seed))
-            )
-            lo, hi = result["median_l2_ci95"]
+            out: list = []
+            seconds = timed(device, lambda a=acfg, m=model, o=out: o.append(ev.run_cw(m, x, y, a, cfg.seed)))
+            (result,) = out
+            lo, hi = result.median_l2_ci95
             rows.append(
                 {
                     "regime": regime,
                     "steps": steps,
                     "lr": lr,
                     "seconds": round(seconds, 1),
-                    "median L2 [95% CI]": f"{result['median_l2']:.4f} [{lo:.4f}, {hi:.4f}]",
-                    "success": round(result["success_rate"], 3),
-                    **{f"robust@{a['l2']}": round(a["accuracy"], 3) for a in result["robust_at"]},
+                    "median L2 [95% CI]": f"{result.median_l2:.4f} [{lo:.4f}, {hi:.4f}]",
+                    "success": round(result.success_rate, 3),
+                    **{f"robust@{a.l2}": round(a.accuracy, 3) for a in result.robust_at},
                 }
             )
     return rows
@@ -108,7 +107,7 @@ def main() -> None:
     models = (("standard", standard), (cfg.finetune.regime, tuned))
     protocols = {
         "standalone": lambda m: standalone_pgd(m, x, y, acfg, cfg.seed),
-        "chained": lambda m: [e["accuracy"] for e in ev.run_pgd(m, x, y, acfg, cfg.seed)],
+        "chained": lambda m: [e.accuracy for e in ev.run_pgd(m, x, y, acfg, cfg.seed)],
     }
     rows = []
     for regime, model in models:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from robust_mnv1.report.outcomes import POINTS, Outcomes
+from robust_mnv1.report.outcomes import Headline, Outcomes
 
 
 def synthetic_study(
@@ -49,7 +49,7 @@ def synthetic_study(
                     rho=1.0,
                     macs=int(46e6 * alpha**2),
                     correct=correct,
-                    robust={key: robust for key, _, _ in POINTS},
+                    robust={key: robust for key, _, _ in Headline().points},
                     cw_l2=np.where(cw_correct, l2, np.nan),
                 )
             )

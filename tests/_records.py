@@ -1,4 +1,5 @@
-"""Hand-made schema-v1 run records for the records and leaderboard tests.
+"""Hand-made schema-v1 run records for the records and leaderboard tests, built from the same typed
+classes (:mod:`robust_mnv1.records.run_record`) the study produces and the board consumes.
 
 :func:`make_study` builds a realistic little study (a few width multipliers x regimes x
 FGSM/PGD/C&W x seeds) whose robustness grows with model size in a controlled order, and
@@ -15,18 +16,24 @@ from typing import Any
 import numpy as np
 
 from robust_mnv1.records.intervals import wilson_ci
-from robust_mnv1.records.schema import REGIMES, config_hash, decode_mask, encode_mask, make_run_id
+from robust_mnv1.records.run_record import (
+    CleanResult,
+    CwRadius,
+    CwResult,
+    DataInfo,
+    EpsResult,
+    ModelInfo,
+    RunRecord,
+    SanityResult,
+)
+from robust_mnv1.records.schema import REGIMES, config_hash, encode_mask, make_run_id
 from robust_mnv1.records.store import write_record
 
 ALPHAS = (0.25, 0.5, 0.75, 1.0)
 EPS_255 = (1, 2, 4, 8)
-DATA = {
-    "name": "imagefolder",
-    "label": "CIFAR-10 (JPEG q75)",
-    "key": "cifar10-jpeg",
-    "n_train": 50000,
-    "n_test": 10000,
-}
+DATA = DataInfo(
+    name="imagefolder", label="CIFAR-10 (JPEG q75)", key="cifar10-jpeg", n_train=50000, n_test=10000
+)
 ENV = {
     "device": "NVIDIA H200",
     "torch": "2.11.0",
@@ -50,38 +57,36 @@ ATTACK_CONFIG = {
 APGD_BREAKS = {"apgd-ce": 2, "apgd-t": 1}
 
 
-def model_block(alpha: float, rho: float = 1.0) -> dict[str, Any]:
+def model_block(alpha: float, rho: float = 1.0) -> ModelInfo:
     """A ``model`` block whose params and MACs grow with alpha (and MACs with rho)."""
     res = round(32 * rho)
-    return {
-        "name": f"MobileNetV1-{alpha:.2f}-{res}px",
-        "alpha": alpha,
-        "rho": rho,
-        "profile": "cifar",
-        "input_resolution": res,
-        "params": int(3.2e6 * alpha**2 + 1e4),
-        "macs": int(46e6 * alpha**2 * rho**2 + 1e5),
-    }
+    return ModelInfo(
+        name=f"MobileNetV1-{alpha:.2f}-{res}px",
+        alpha=alpha,
+        rho=rho,
+        profile="cifar",
+        input_resolution=res,
+        params=int(3.2e6 * alpha**2 + 1e4),
+        macs=int(46e6 * alpha**2 * rho**2 + 1e5),
+    )
 
 
-def _acc_block(k: int, n: int) -> dict[str, Any]:
-    return {"accuracy": k / n, "ci95": list(wilson_ci(k, n))}
-
-
-def eps_entry(attack: str, eps_255: float, loss: str, mask: np.ndarray) -> dict[str, Any]:
+def eps_entry(attack: str, eps_255: float, loss: str, mask: np.ndarray, **apgd: Any) -> EpsResult:
     """One ``eps_results`` entry whose counts and accuracy agree with ``mask``."""
     n, k = int(mask.size), int(mask.sum())
-    return {
-        "attack": attack,
-        "norm": "linf",
-        "eps": eps_255 / 255,
-        "eps_255": eps_255,
-        "loss": loss,
-        "n": n,
-        "robust": k,
-        "robust_mask": encode_mask(mask),
-        **_acc_block(k, n),
-    }
+    return EpsResult(
+        attack=attack,
+        norm="linf",
+        eps=eps_255 / 255,
+        eps_255=eps_255,
+        loss=loss,
+        n=n,
+        robust=k,
+        accuracy=k / n,
+        ci95=wilson_ci(k, n),
+        robust_mask=encode_mask(mask),
+        **apgd,
+    )
 
 
 def skewed_distances(median: float, k: int) -> list[float]:
@@ -94,63 +99,62 @@ def skewed_distances(median: float, k: int) -> list[float]:
 
 def make_record(
     *,
-    model: Mapping[str, Any],
+    model: ModelInfo,
     regime: str,
     attack: str,
     seed: int,
     clean_mask: np.ndarray,
-    eps_results: Sequence[Mapping[str, Any]] = (),
+    eps_results: Sequence[EpsResult] = (),
     cw_median: float | None = None,
     flags: Sequence[str] = (),
     latency_ms: float | None = 3.0,
-    data: Mapping[str, Any] = DATA,
-) -> dict[str, Any]:
+    data: DataInfo = DATA,
+) -> RunRecord:
     """A complete, valid record; ``cw_median`` is required for (and only used by) C&W records."""
     n, k = int(clean_mask.size), int(clean_mask.sum())
     config = {
-        "model": {"alpha": model["alpha"], "rho": model["rho"], "profile": model["profile"]},
-        "data": {"key": data["key"]},
+        "model": {"alpha": model.alpha, "rho": model.rho, "profile": model.profile},
+        "data": {"key": data.key},
         "attack": ATTACK_CONFIG[attack],
         "regime": regime,
         "seed": seed,
     }
     cw = None
     if attack == "cw":
-        cw = {
-            "n": n,
-            "n_clean_correct": k,
-            "median_l2": cw_median,
-            "median_l2_ci95": [cw_median - 0.02, cw_median + 0.02],
-            "mean_l2": cw_median * 1.1,
-            "success_rate": 0.99,
-            "l2_per_image": skewed_distances(cw_median, k),
-            "robust_at": [{"l2": l2, **_acc_block(round(k * (1 - l2)), n)} for l2 in (0.1, 0.25, 0.5)],
-            "steps": 100,
-            "binary_search_steps": 9,
-        }
-    return {
-        "schema_version": 1,
-        "run_id": make_run_id(model["name"], regime, attack, data["key"], seed),
-        "model": dict(model),
-        "regime": regime,
-        "attack": attack,
-        "data": dict(data),
-        "seed": seed,
-        "config": config,
-        "config_hash": config_hash(config),
-        "clean": {"n": n, "correct": k, **_acc_block(k, n), "correct_mask": encode_mask(clean_mask)},
-        "eps_results": [dict(e) for e in eps_results],
-        "cw": cw,
-        "sanity": {
-            "passed": not flags,
-            "flags": list(flags),
-            "reports": [{"name": f, "flagged": True, "detail": "hand-made"} for f in flags],
-        },
-        "timing": {"train_s": 12.5, "finetune_s": 0.0 if regime == "standard" else 4.0, "eval_s": 40.0},
-        "latency_ms_cpu_b1": latency_ms,
-        "env": dict(ENV),
-        "created": "2026-11-28T04:00:00Z",
-    }
+        radii = []
+        for l2 in (0.1, 0.25, 0.5):
+            kr = round(k * (1 - l2))
+            radii.append(CwRadius(l2=l2, accuracy=kr / n, ci95=wilson_ci(kr, n)))
+        cw = CwResult(
+            n=n,
+            n_clean_correct=k,
+            median_l2=cw_median,
+            median_l2_ci95=(cw_median - 0.02, cw_median + 0.02),
+            mean_l2=cw_median * 1.1,
+            success_rate=0.99,
+            robust_at=tuple(radii),
+            steps=100,
+            binary_search_steps=9,
+            l2_per_image=tuple(skewed_distances(cw_median, k)),
+        )
+    return RunRecord(
+        run_id=make_run_id(model.name, regime, attack, data.key, seed),
+        model=model,
+        regime=regime,
+        attack=attack,
+        data=data,
+        seed=seed,
+        config=config,
+        config_hash=config_hash(config),
+        clean=CleanResult(n, k, k / n, wilson_ci(k, n), encode_mask(clean_mask)),
+        eps_results=tuple(eps_results),
+        cw=cw,
+        sanity=SanityResult.combined([{"name": f, "flagged": True, "detail": "hand-made"} for f in flags]),
+        timing={"train_s": 12.5, "finetune_s": 0.0 if regime == "standard" else 4.0, "eval_s": 40.0},
+        latency_ms_cpu_b1=latency_ms,
+        env=dict(ENV),
+        created="2026-11-28T04:00:00Z",
+    )
 
 
 def _first(perm: np.ndarray, start: int, count: int, n: int) -> np.ndarray:
@@ -159,15 +163,14 @@ def _first(perm: np.ndarray, start: int, count: int, n: int) -> np.ndarray:
     return mask
 
 
-def _apgd_entry(built: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+def _apgd_entry(built: Mapping[str, RunRecord]) -> EpsResult:
     """APGD's entry at 8/255: it breaks the first :data:`APGD_BREAKS` images FGSM and PGD left robust."""
-    at8 = [e for a in ("fgsm", "pgd") for e in built[a]["eps_results"] if e["eps_255"] == 8]
-    n = min(e["n"] for e in at8)
-    before = np.logical_and.reduce([decode_mask(e["robust_mask"], e["n"])[:n] for e in at8])
+    at8 = [e for a in ("fgsm", "pgd") for e in built[a].eps_results if e.eps_255 == 8]
+    n = min(e.n for e in at8)
+    before = np.logical_and.reduce([e.mask()[:n] for e in at8])
     after = before.copy()
     after[np.flatnonzero(before)[: sum(APGD_BREAKS.values())]] = False
-    entry = eps_entry("apgd", 8, "apgd-ce+apgd-t", after)
-    return {**entry, "attacked": int(before.sum()), "broken": dict(APGD_BREAKS)}
+    return eps_entry("apgd", 8, "apgd-ce+apgd-t", after, attacked=int(before.sum()), broken=dict(APGD_BREAKS))
 
 
 def make_study(
@@ -180,8 +183,8 @@ def make_study(
     flags: Mapping[tuple[float, str], Sequence[str]] | None = None,
     pgd_n: int | None = None,
     attacks: Sequence[str] = ("fgsm", "pgd", "cw"),
-    data: Mapping[str, Any] = DATA,
-) -> list[dict[str, Any]]:
+    data: DataInfo = DATA,
+) -> list[RunRecord]:
     """FGSM, PGD and C&W records (and APGD's, when ``attacks`` names it) for every (alpha, regime, seed).
 
     ``robust_rank[i]`` orders the robustness of ``alphas[i]`` (default: robustness grows with
@@ -242,7 +245,7 @@ def make_study(
     return records
 
 
-def write_study(records: Sequence[Mapping[str, Any]], results_dir: Path) -> Path:
+def write_study(records: Sequence[RunRecord], results_dir: Path) -> Path:
     """Write ``records`` to ``results_dir/runs`` and return the runs directory."""
     runs = results_dir / "runs"
     for record in records:

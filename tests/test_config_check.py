@@ -116,6 +116,9 @@ BAD = [
     ("eval.sanity.enabled=maybe", "eval.sanity.enabled must be true or false, got 'maybe'"),
     ("eval.latency.enabled=1", "eval.latency.enabled must be true or false, got 1"),
     ("eval.max_clean_drop=2", "eval.max_clean_drop must be a number in [0, 1], got 2"),
+    ("eval.headline_eps_255=0", "eval.headline_eps_255 must be a number in (0, 255], got 0"),
+    ("eval.headline_eps_255=3", "eval.headline_eps_255=3 must be in attack.fgsm.eps_255 [1, 2, 4, 8, 16]"),
+    ("eval.sanity.eps_255=-1", "eval.sanity.eps_255 must be a number in (0, 255], got -1"),
     # the study's grid and workers
     ("study.grid=abc", "study.grid must be null or a list of"),
     ("study.grid=[{alpha:0.5}]", "study.grid must be null or a list of"),

@@ -21,6 +21,7 @@ from robust_mnv1.evaluation.protocol import (
 )
 from robust_mnv1.evaluation.specs import SquareSpec
 from robust_mnv1.infra.errors import UserError
+from robust_mnv1.records.run_record import EpsResult
 from robust_mnv1.records.schema import decode_mask, encode_mask
 
 from ._attack_models import QuantizedInput, synthetic_batch, trained_cnn
@@ -36,7 +37,7 @@ def pgd_cfg(**overrides):
 
 
 def masks(entries):
-    return [decode_mask(e["robust_mask"], e["n"]) for e in entries]
+    return [e.mask() for e in entries]
 
 
 def setup():
@@ -48,7 +49,7 @@ def test_masks_only_shrink_as_eps_grows():
     model, x, y = setup()
     entries = run_pgd(model, x, y, pgd_cfg(), seed=0)
     ms = masks(entries)
-    assert [e["eps_255"] for e in entries] == EPS_255
+    assert [e.eps_255 for e in entries] == EPS_255
     assert ms[0].sum() > 0 and ms[-1].sum() < ms[0].sum(), "the test needs some samples to break late"
     for small, large in itertools.pairwise(ms):
         assert not (large & ~small).any(), "a sample broken at a smaller eps reported robust at a larger one"
@@ -58,8 +59,8 @@ def test_the_grid_is_walked_smallest_first_whatever_the_config_order():
     model, x, y = setup()
     shuffled = run_pgd(model, x, y, pgd_cfg(eps_255=[8, 2, 16, 4]), seed=0)
     ordered = run_pgd(model, x, y, pgd_cfg(), seed=0)
-    assert [e["eps_255"] for e in shuffled] == EPS_255
-    assert [e["robust_mask"] for e in shuffled] == [e["robust_mask"] for e in ordered]
+    assert [e.eps_255 for e in shuffled] == EPS_255
+    assert [e.robust_mask for e in shuffled] == [e.robust_mask for e in ordered]
 
 
 def test_smallest_eps_matches_a_standalone_attack():
@@ -67,7 +68,7 @@ def test_smallest_eps_matches_a_standalone_attack():
     first = run_pgd(model, x, y, pgd_cfg(), seed=3)[0]
     res = PGD(eps=2 / 255, steps=5, random_start=True, batch_size=64, seed=3)(model, x, y)
     expected = (res.clean_correct & ~res.success).numpy()
-    np.testing.assert_array_equal(decode_mask(first["robust_mask"], first["n"]), expected)
+    np.testing.assert_array_equal(decode_mask(first.robust_mask, first.n), expected)
 
 
 def test_margin_attacks_the_ce_survivors_and_can_only_remove_more():
@@ -75,10 +76,10 @@ def test_margin_attacks_the_ce_survivors_and_can_only_remove_more():
     with_margin = run_pgd(model, x, y, pgd_cfg(), seed=0)
     ce_only = run_pgd(model, x, y, pgd_cfg(margin_at_255=[]), seed=0)
     at8 = EPS_255.index(8)
-    assert with_margin[at8]["loss"] == "ce+margin" and ce_only[at8]["loss"] == "ce"
+    assert with_margin[at8].loss == "ce+margin" and ce_only[at8].loss == "ce"
     # Up to the margin eps both runs are the same computation.
     for a, b in zip(with_margin[:at8], ce_only[:at8], strict=True):
-        assert a["robust_mask"] == b["robust_mask"]
+        assert a.robust_mask == b.robust_mask
     m, c = masks(with_margin)[at8], masks(ce_only)[at8]
     assert not (m & ~c).any()
 
@@ -97,8 +98,8 @@ def test_eps_with_no_survivors_left_is_not_attacked(monkeypatch):
     model, x, y = setup()
     entries = run_pgd(model, x, y, pgd_cfg(eps_255=[64, 128], margin_at_255=[]), seed=0)
     assert calls == [len(y)], "the first eps broke every sample, so the second needs no attack"
-    assert [e["robust"] for e in entries] == [0, 0]
-    assert [e["n"] for e in entries] == [len(y), len(y)]
+    assert [e.robust for e in entries] == [0, 0]
+    assert [e.n for e in entries] == [len(y), len(y)]
 
 
 def class_by_class(counts):
@@ -149,33 +150,42 @@ def test_apgd_attacks_only_what_fgsm_and_pgd_left_and_its_mask_is_their_worst_ca
     model = trained_cnn()
     x, y = synthetic_batch(96, 11)
     pgd = run_pgd(model, x, y, pgd_cfg(eps_255=[8], steps=2, margin_at_255=[]), seed=0)
-    records = [{"eps_results": pgd}]
-    before = survivors(records, 8, len(y))
+    before = survivors(pgd, 8, len(y))
     assert 0 < before.sum() < len(y)  # a weak PGD leaves APGD something to do, and breaks some itself
     (entry,) = run_apgd(model, x, y, apgd_cfg(), seed=0, before={8: before})
-    after = torch.from_numpy(decode_mask(entry["robust_mask"], entry["n"]))
+    after = torch.from_numpy(entry.mask())
     assert not (after & ~before).any()
-    assert entry["attacked"] == int(before.sum())
-    assert entry["attacked"] - sum(entry["broken"].values()) == entry["robust"] == int(after.sum())
-    assert entry["broken"]["apgd-ce"] + entry["broken"]["apgd-t"] > 0  # the stronger attack adds breaks
+    assert entry.attacked == int(before.sum())
+    assert entry.attacked - sum(entry.broken.values()) == entry.robust == int(after.sum())
+    assert entry.broken["apgd-ce"] + entry.broken["apgd-t"] > 0  # the stronger attack adds breaks
     # Nothing left robust: nothing to attack, nothing run.
     (empty,) = run_apgd(model, x, y, apgd_cfg(), seed=0, before={8: torch.zeros(len(y), dtype=torch.bool)})
-    assert (empty["attacked"], empty["robust"], empty["broken"]) == (0, 0, {"apgd-ce": 0, "apgd-t": 0})
+    assert (empty.attacked, empty.robust, empty.broken) == (0, 0, {"apgd-ce": 0, "apgd-t": 0})
 
 
 def test_survivors_are_the_and_of_every_entry_at_that_eps_and_need_one():
-    a = {"eps_results": [entry(8, [1, 1, 0, 1]), entry(2, [0, 0, 0, 0])]}
-    b = {"eps_results": [entry(8, [1, 0, 0, 1])]}
-    assert survivors([a, b], 8, 4).tolist() == [True, False, False, True]
+    entries = [entry(8, [1, 1, 0, 1]), entry(2, [0, 0, 0, 0]), entry(8, [1, 0, 0, 1])]
+    assert survivors(entries, 8, 4).tolist() == [True, False, False, True]
     with pytest.raises(ValueError, match="no entries over 4 images at eps 4"):
-        survivors([a, b], 4, 4)
+        survivors(entries, 4, 4)
     with pytest.raises(ValueError, match="over 5 images"):
-        survivors([a, b], 8, 5)
+        survivors(entries, 8, 5)
 
 
 def entry(eps_255, bits):
-    mask = encode_mask(np.array(bits, dtype=bool))
-    return {"norm": "linf", "eps_255": eps_255, "n": len(bits), "robust_mask": mask}
+    mask = np.array(bits, dtype=bool)
+    return EpsResult(
+        "pgd",
+        "linf",
+        eps_255 / 255,
+        eps_255,
+        "ce",
+        len(bits),
+        int(mask.sum()),
+        0.0,
+        (0, 1),
+        encode_mask(mask),
+    )
 
 
 def test_square_check_flags_gradients_that_mislead_and_can_be_off():

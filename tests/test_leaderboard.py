@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +24,8 @@ from robust_mnv1.records.intervals import wilson_ci
 from robust_mnv1.records.schema import decode_mask
 from robust_mnv1.report.board import generate
 from robust_mnv1.report.figures import FIGURES
-from robust_mnv1.report.markdown import TABLE_HEADER, render_markdown
-from robust_mnv1.report.outcomes import collect
+from robust_mnv1.report.markdown import render_markdown, table_header
+from robust_mnv1.report.outcomes import Headline, collect
 from robust_mnv1.report.table import build_table
 from robust_mnv1.report.verdict_text import verdict_lines
 from robust_mnv1.report.verdicts import analyse_all
@@ -49,11 +50,7 @@ def _row(table, alpha: float, regime: str):
 
 
 def _records_of(study, alpha: float, regime: str, seed: int = 0) -> dict[str, dict]:
-    return {
-        r["attack"]: r
-        for r in study
-        if r["model"]["alpha"] == alpha and r["regime"] == regime and r["seed"] == seed
-    }
+    return {r.attack: r for r in study if r.model.alpha == alpha and r.regime == regime and r.seed == seed}
 
 
 def test_one_row_per_model_and_regime(table):
@@ -77,15 +74,15 @@ def test_ranking_order(table):
 def test_counts_and_wilson_ci_match_records(study, table):
     recs = _records_of(study, 0.5, "standard")
     row = _row(table, 0.5, "standard")
-    clean = recs["pgd"]["clean"]
-    assert (row["clean_k"], row["clean_n"]) == (clean["correct"], clean["n"])
-    assert (row["clean_lo"], row["clean_hi"]) == wilson_ci(clean["correct"], clean["n"])
-    fgsm8 = next(e for e in recs["fgsm"]["eps_results"] if e["eps_255"] == 8)
-    assert row["fgsm8_k"] == fgsm8["robust"]
+    clean = recs["pgd"].clean
+    assert (row["clean_k"], row["clean_n"]) == (clean.correct, clean.n)
+    assert (row["clean_lo"], row["clean_hi"]) == wilson_ci(clean.correct, clean.n)
+    fgsm8 = next(e for e in recs["fgsm"].eps_results if e.eps_255 == 8)
+    assert row["fgsm8_k"] == fgsm8.robust
     # PGD@8 reports the stronger loss (ce+margin), PGD@2 the only one (ce).
-    pgd8 = min((e for e in recs["pgd"]["eps_results"] if e["eps_255"] == 8), key=lambda e: e["robust"])
-    assert pgd8["loss"] == "ce+margin"
-    assert row["pgd8_k"] == pgd8["robust"]
+    pgd8 = min((e for e in recs["pgd"].eps_results if e.eps_255 == 8), key=lambda e: e.robust)
+    assert pgd8.loss == "ce+margin"
+    assert row["pgd8_k"] == pgd8.robust
 
 
 def test_markdown_ci_text(study, table):
@@ -101,18 +98,18 @@ def test_markdown_ci_text(study, table):
     assert line.rstrip().endswith("| ok | 1 |")
     flagged = next(ln for ln in md.splitlines() if "MobileNetV1-0.25-32px | standard |" in ln)
     assert "| pgd_weaker_than_fgsm |" in flagged
-    assert TABLE_HEADER[:6] == ("rank", "model", "regime", "params (M)", "MACs (M)", "clean acc")
+    assert table_header(Headline())[:6] == ("rank", "model", "regime", "params (M)", "MACs (M)", "clean acc")
 
 
 def test_worst_case_is_the_per_sample_and_of_all_attacks(study, table):
     for alpha in (0.25, 1.0):
         for regime in ("standard", "pgd-at"):
             recs = _records_of(study, alpha, regime)
-            entries = [e for a in ("fgsm", "pgd") for e in recs[a]["eps_results"] if e["eps_255"] == 8]
+            entries = [e for a in ("fgsm", "pgd") for e in recs[a].eps_results if e.eps_255 == 8]
             assert len(entries) == 3  # FGSM ce, PGD ce, PGD ce+margin
-            robust = np.ones(entries[0]["n"], dtype=bool)
+            robust = np.ones(entries[0].n, dtype=bool)
             for e in entries:
-                robust &= decode_mask(e["robust_mask"], e["n"])
+                robust &= decode_mask(e.robust_mask, e.n)
             row = _row(table, alpha, regime)
             assert row["worst8_k"] == robust.sum()
             assert row["worst8_k"] < min(row["fgsm8_k"], row["pgd8_k"])
@@ -127,9 +124,9 @@ def test_worst_case_uses_common_prefix_when_n_differs():
     assert row["worst8_prefix"]
     robust = np.ones(120, dtype=bool)
     for a in ("fgsm", "pgd"):
-        for e in recs[a]["eps_results"]:
-            if e["eps_255"] == 8:
-                robust &= decode_mask(e["robust_mask"], e["n"])[:120]
+        for e in recs[a].eps_results:
+            if e.eps_255 == 8:
+                robust &= decode_mask(e.robust_mask, e.n)[:120]
     assert row["worst8_k"] == robust.sum()
     assert "common first images" in render_markdown(records)
 
@@ -153,22 +150,24 @@ def test_seed_averaging():
         for seed in (0, 1, 2):
             rec = _records_of(records, 0.5, "standard", seed)[attack]
             if key == "clean":
-                counts.append((rec["clean"]["correct"], rec["clean"]["n"]))
+                counts.append((rec.clean.correct, rec.clean.n))
             else:
-                e = next(e for e in rec["eps_results"] if e["eps_255"] == 2)
-                counts.append((e["robust"], e["n"]))
+                e = next(e for e in rec.eps_results if e.eps_255 == 2)
+                counts.append((e.robust, e.n))
         accs = [k / n for k, n in counts]
         assert row[f"{key}_acc"] == pytest.approx(np.mean(accs))
         assert row[f"{key}_std"] == pytest.approx(np.std(accs, ddof=1))
         assert row[f"{key}_std"] > 0
         pooled = wilson_ci(sum(k for k, _ in counts), sum(n for _, n in counts))
         assert (row[f"{key}_lo"], row[f"{key}_hi"]) == pytest.approx(pooled)
-    cws = [_records_of(records, 0.5, "standard", s)["cw"]["cw"] for s in (0, 1, 2)]
-    assert row["cw_l2"] == pytest.approx(np.mean([cw["median_l2"] for cw in cws]))
+    cws = [_records_of(records, 0.5, "standard", s)["cw"].cw for s in (0, 1, 2)]
+    assert row["cw_l2"] == pytest.approx(np.mean([cw.median_l2 for cw in cws]))
     # The seeds' per-image distances are bootstrapped together: inside the per-seed envelope.
-    envelope = (min(cw["median_l2_ci95"][0] for cw in cws), max(cw["median_l2_ci95"][1] for cw in cws))
+    envelope = (min(cw.median_l2_ci95[0] for cw in cws), max(cw.median_l2_ci95[1] for cw in cws))
     assert envelope[0] < row["cw_lo"] < row["cw_l2"] < row["cw_hi"] < envelope[1]
-    del cws[0]["l2_per_image"]  # a seed without distances: back to the envelope
+    # A seed without distances: back to the envelope.
+    older = _records_of(records, 0.5, "standard", 0)["cw"]
+    records = [replace(r, cw=replace(r.cw, l2_per_image=None)) if r is older else r for r in records]
     assert tuple(_row(build_table(records), 0.5, "standard")[["cw_lo", "cw_hi"]]) == envelope
     md = render_markdown(records, table)
     assert f"{100 * row['clean_acc']:.1f} ± {100 * row['clean_std']:.1f} [" in md
@@ -183,9 +182,7 @@ def test_the_board_concludes_on_a_planted_width_effect():
 
 
 def test_records_without_clean_masks_compare_robust_accuracy_only():
-    records = make_study()
-    for r in records:
-        del r["clean"]["correct_mask"]
+    records = [replace(r, clean=replace(r.clean, correct_mask=None)) for r in make_study()]
     board = analyse_all(records)["cifar10-jpeg"]
     # Robust masks still pair; fooling rates and C&W distances need to know the correct images.
     assert {t.metric.key for t in board.tests} == {"robust_worst8"}
@@ -216,7 +213,7 @@ def test_markdown_sections(study, table):
 
 
 def test_one_table_per_dataset():
-    other = {**DATA, "key": "svhn", "label": "SVHN", "n_train": 73257, "n_test": 26032}
+    other = replace(DATA, key="svhn", label="SVHN", n_train=73257, n_test=26032)
     records = make_study(alphas=(0.5, 1.0), regimes=("standard",)) + make_study(
         alphas=(0.25, 0.5), regimes=("standard",), data=other
     )
@@ -260,7 +257,7 @@ def test_an_invalid_record_stops_the_board_and_leaves_the_old_one(tmp_path, stud
     runs = write_study(study, tmp_path)
     generate(tmp_path)
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and p.parent != runs}
-    victim = runs / f"{study[0]['run_id']}.json"
+    victim = runs / f"{study[0].run_id}.json"
     victim.write_text(victim.read_text()[:100])
     assert lb.main(["--results", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
@@ -270,7 +267,7 @@ def test_an_invalid_record_stops_the_board_and_leaves_the_old_one(tmp_path, stud
 
 def test_skip_invalid_leaves_the_record_out_and_says_so(tmp_path, study):
     runs = write_study(study, tmp_path)
-    victim = runs / f"{study[0]['run_id']}.json"
+    victim = runs / f"{study[0].run_id}.json"
     victim.write_text(victim.read_text()[:100])
     md = generate(tmp_path, skip_invalid=True)["markdown"].read_text()
     assert f"from the {len(study) - 1} run records" in md
@@ -292,19 +289,19 @@ def test_cli_timing_prints_each_models_stage_times_and_writes_nothing(tmp_path, 
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
     lines = capsys.readouterr().out.splitlines()
     header = [c.strip() for c in lines[0].strip("|").split("|")]
-    families = sorted({r["attack"] for r in study}, key=["fgsm", "pgd", "apgd", "cw"].index)
+    families = sorted({r.attack for r in study}, key=["fgsm", "pgd", "apgd", "cw"].index)
     assert header == ["model", "seed", "regime", "trained on", "train s", "finetune s"] + [
         f"{a} s" for a in families
     ] + ["evaluated on"]
-    assert len(lines) - 2 == len({(r["model"]["name"], r["seed"], r["regime"]) for r in study})
-    first = next(r for r in study if r["regime"] == "standard")
+    assert len(lines) - 2 == len({(r.model.name, r.seed, r.regime) for r in study})
+    first = next(r for r in study if r.regime == "standard")
     row = next(
         [c.strip() for c in line.strip("|").split("|")]
         for line in lines[2:]
-        if f"| {first['model']['name']} | {first['seed']} | standard |" in line
+        if f"| {first.model.name} | {first.seed} | standard |" in line
     )
     assert row[5] == "—"  # no fine-tuning in a standard row
-    assert row[header.index(f"{first['attack']} s")] == f"{first['timing']['eval_s']:.0f}"
+    assert row[header.index(f"{first.attack} s")] == f"{first.timing['eval_s']:.0f}"
 
 
 def test_cli_empty_dir_is_a_one_line_error(tmp_path, capsys):
@@ -316,11 +313,9 @@ def test_cli_empty_dir_is_a_one_line_error(tmp_path, capsys):
 
 
 def test_records_of_different_weights_are_a_one_line_error_and_nothing_is_written(tmp_path, study, capsys):
-    import copy
-
-    records = copy.deepcopy(study)
-    for r in records:
-        r["model"]["weights"] = "a" * 16 if r["attack"] == "cw" else "b" * 16
+    records = [
+        replace(r, model=replace(r.model, weights="a" * 16 if r.attack == "cw" else "b" * 16)) for r in study
+    ]
     write_study(records, tmp_path)
     assert lb.main(["--results", str(tmp_path)]) == 1
     err = capsys.readouterr().err
@@ -341,7 +336,7 @@ def test_cli_module_entry_point_exit_code(tmp_path):
 
 
 def test_a_row_missing_an_attack_family_has_no_worst_case_and_ranks_last():
-    records = [r for r in make_study() if not (r["model"]["alpha"] == 1.0 and r["attack"] == "pgd")]
+    records = [r for r in make_study() if not (r.model.alpha == 1.0 and r.attack == "pgd")]
     table = build_table(records)
     incomplete = table[table["alpha"] == 1.0]
     assert set(incomplete["missing"]) == {"pgd"} and incomplete["worst8_acc"].isna().all()
@@ -351,8 +346,8 @@ def test_a_row_missing_an_attack_family_has_no_worst_case_and_ranks_last():
 
 def test_a_seed_missing_an_attack_family_leaves_the_worst_case_to_the_complete_seeds():
     both = make_study(alphas=(0.5, 1.0), seeds=(0, 1))
-    records = [r for r in both if not (r["seed"] == 1 and r["attack"] == "pgd")]
-    seed0 = build_table([r for r in both if r["seed"] == 0])
+    records = [r for r in both if not (r.seed == 1 and r.attack == "pgd")]
+    seed0 = build_table([r for r in both if r.seed == 0])
     table = build_table(records)
     assert list(table["worst8_acc"]) == list(seed0["worst8_acc"])
     assert set(table["missing"]) == {"pgd"}
@@ -381,7 +376,7 @@ def test_apgd_records_lower_the_worst_case_and_the_board_says_by_how_much():
 
 def test_a_row_without_apgd_where_others_have_it_has_no_worst_case():
     records = make_study(alphas=(0.5, 1.0), attacks=("fgsm", "pgd", "apgd", "cw"))
-    records = [r for r in records if not (r["model"]["alpha"] == 1.0 and r["attack"] == "apgd")]
+    records = [r for r in records if not (r.model.alpha == 1.0 and r.attack == "apgd")]
     table = build_table(records)
     assert set(table["missing"][table["alpha"] == 1.0]) == {"apgd"}
     assert table["worst8_acc"][table["alpha"] == 1.0].isna().all()
@@ -393,7 +388,34 @@ def test_the_verdicts_worst_case_takes_apgd_too():
         (apgd,) = [
             r
             for r in records
-            if r["attack"] == "apgd" and (r["model"]["name"], r["regime"]) == (outcome.model, outcome.regime)
+            if r.attack == "apgd" and (r.model.name, r.regime) == (outcome.model, outcome.regime)
         ]
-        entry = apgd["eps_results"][0]
-        assert np.array_equal(outcome.robust["worst8"], decode_mask(entry["robust_mask"], entry["n"]))
+        entry = apgd.eps_results[0]
+        assert np.array_equal(outcome.robust["worst8"], decode_mask(entry.robust_mask, entry.n))
+
+
+def _at_headline(records, eps_255):
+    """The records as if made with eval.headline_eps_255 = ``eps_255`` (a config change, so a new hash)."""
+    return [replace(r, config={**r.config, "eval": {"headline_eps_255": eps_255}}) for r in records]
+
+
+def test_the_headline_radius_comes_from_the_records():
+    records = _at_headline(make_study(alphas=(0.5, 1.0)), 4)
+    table = build_table(records)
+    assert {"fgsm4_acc", "pgd4_acc", "worst4_acc", "pgd2_acc"} <= set(table.columns)
+    assert "worst8_acc" not in table.columns
+    # The worst case at 4/255 is the AND of every 4/255 mask, and the ranking follows it.
+    assert (np.diff(table["worst4_acc"].to_numpy()) <= 0).all()
+    md = render_markdown(records, table)
+    assert "| FGSM@4/255 | PGD@2/255 | PGD@4/255 | worst-case@4/255 |" in md
+    assert "8/255" not in md.split("### Is a lighter")[0].split("### Leaderboard")[1]
+    board = analyse_all(records)["cifar10-jpeg"]
+    assert board.headline == Headline(4.0)
+    assert {t.metric.key for t in board.tests} >= {"robust_worst4", "fool_worst4"}
+
+
+def test_records_of_two_headline_radii_cannot_share_a_board():
+    records = make_study(alphas=(0.5,), regimes=("standard",))
+    mixed = records[:1] + _at_headline(records[1:], 4)
+    with pytest.raises(UserError, match=r"different eval\.headline_eps_255 \(4, 8\)"):
+        build_table(mixed)

@@ -9,6 +9,7 @@ import multiprocessing as mp
 import os
 import re
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from robust_mnv1.infra.errors import UserError
+from robust_mnv1.records.run_record import RunRecord
 from robust_mnv1.records.schema import (
     RecordError,
     RecordWarning,
@@ -31,23 +33,38 @@ from robust_mnv1.records.schema import (
     encode_mask,
     make_run_id,
 )
-from robust_mnv1.records.store import check_combinable, load_records, rewrite_strict, write_record
+from robust_mnv1.records.store import (
+    check_combinable,
+    dumps_record,
+    load_records,
+    parse_record,
+    rewrite_strict,
+    write_record,
+)
 from robust_mnv1.records.validate import validate_record
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
 @pytest.fixture(scope="module")
-def study() -> list[dict]:
+def study() -> list[RunRecord]:
     return make_study(alphas=(0.25, 0.5), regimes=("standard", "pgd-at"), n=64)
 
 
 @pytest.fixture
+def pgd_record(study) -> RunRecord:
+    return next(r for r in study if r.attack == "pgd")
+
+
+# The validation tests corrupt records in their JSON form.
+@pytest.fixture
 def pgd(study) -> dict:
-    return copy.deepcopy(next(r for r in study if r["attack"] == "pgd"))
+    return next(r for r in study if r.attack == "pgd").to_dict()
 
 
 @pytest.fixture
 def cw(study) -> dict:
-    return copy.deepcopy(next(r for r in study if r["attack"] == "cw"))
+    return next(r for r in study if r.attack == "cw").to_dict()
 
 
 def _delete(record: dict, path: str) -> None:
@@ -60,7 +77,32 @@ def _delete(record: dict, path: str) -> None:
 
 def test_hand_made_records_are_valid(study):
     for record in study:
-        validate_record(record)
+        validate_record(record.to_dict())
+
+
+def test_typed_records_round_trip_their_json(study):
+    for record in study:
+        assert RunRecord.from_dict(record.to_dict()) == record
+
+
+def test_committed_records_round_trip_byte_for_byte():
+    """Every committed record loads into the typed classes and writes back as the same bytes."""
+    paths = [*RESULTS.glob("runs/*.json"), *RESULTS.glob("*/runs/*.json")]
+    assert paths
+    for path in paths:
+        text = path.read_text(encoding="utf-8")
+        record = RunRecord.from_dict(parse_record(text))
+        assert dumps_record(record.to_dict()) == text, path
+
+
+def test_a_field_outside_the_schema_is_refused_not_dropped(pgd):
+    pgd["model"]["favourite_colour"] = "blue"
+    pgd["eps_results"][0]["note"] = "x"
+    with pytest.raises(RecordError, match=r"model\.favourite_colour"):
+        RunRecord.from_dict(pgd)
+    del pgd["model"]["favourite_colour"]
+    with pytest.raises(RecordError, match=r"eps_results\[\]\.note"):
+        RunRecord.from_dict(pgd)
 
 
 @pytest.mark.parametrize(
@@ -239,27 +281,26 @@ def test_config_hash_is_canonical():
 
 def test_write_read_roundtrip(tmp_path, study):
     paths = [write_record(r, tmp_path / "runs") for r in study]
-    assert [p.name for p in paths] == [f"{r['run_id']}.json" for r in study]
+    assert [p.name for p in paths] == [f"{r.run_id}.json" for r in study]
     text = paths[0].read_text()
     assert text.endswith("}\n") and text.startswith('{\n  "attack"')
-    assert json.loads(text) == study[0]
+    assert json.loads(text) == study[0].to_dict()
     loaded = load_records(tmp_path / "runs")
-    assert loaded == sorted(study, key=lambda r: r["run_id"])
+    assert loaded == sorted(study, key=lambda r: r.run_id)
 
 
-def test_atomic_write_leaves_no_temp_file(tmp_path, pgd):
+def test_atomic_write_leaves_no_temp_file(tmp_path, pgd_record):
     runs = tmp_path / "runs"
-    write_record(pgd, runs)
-    write_record(pgd, runs)  # overwrite in place
-    assert sorted(p.name for p in runs.iterdir()) == [f"{pgd['run_id']}.json"]
+    write_record(pgd_record, runs)
+    write_record(pgd_record, runs)  # overwrite in place
+    assert sorted(p.name for p in runs.iterdir()) == [f"{pgd_record.run_id}.json"]
 
 
-def test_failed_write_keeps_old_file_and_cleans_up(tmp_path, pgd, monkeypatch):
+def test_failed_write_keeps_old_file_and_cleans_up(tmp_path, pgd_record, monkeypatch):
     runs = tmp_path / "runs"
-    target = write_record(pgd, runs)
+    target = write_record(pgd_record, runs)
     before = target.read_bytes()
-    changed = copy.deepcopy(pgd)
-    changed["latency_ms_cpu_b1"] = 99.0
+    changed = replace(pgd_record, latency_ms_cpu_b1=99.0)
 
     def broken_fsync(fd):
         raise OSError("disk full")
@@ -271,10 +312,10 @@ def test_failed_write_keeps_old_file_and_cleans_up(tmp_path, pgd, monkeypatch):
     assert sorted(p.name for p in runs.iterdir()) == [target.name]
 
 
-def test_invalid_record_is_not_written(tmp_path, pgd):
-    pgd["clean"]["accuracy"] = 3.0
+def test_invalid_record_is_not_written(tmp_path, pgd_record):
+    bad = replace(pgd_record, clean=replace(pgd_record.clean, accuracy=3.0))
     with pytest.raises(RecordError):
-        write_record(pgd, tmp_path / "runs")
+        write_record(bad, tmp_path / "runs")
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
@@ -282,51 +323,50 @@ def test_corrupt_and_invalid_files_are_skipped_with_warning(tmp_path, study):
     runs = tmp_path / "runs"
     for r in study[:3]:
         write_record(r, runs)
-    good = (runs / f"{study[0]['run_id']}.json").read_text()
-    half = runs / f"{study[3]['run_id']}.json"
+    good = (runs / f"{study[0].run_id}.json").read_text()
+    half = runs / f"{study[3].run_id}.json"
     half.write_text(good[: len(good) // 2])
-    invalid = copy.deepcopy(study[4])
+    invalid = study[4].to_dict()
     invalid["clean"]["accuracy"] = 7
-    (runs / f"{study[4]['run_id']}.json").write_text(json.dumps(invalid))
+    (runs / f"{study[4].run_id}.json").write_text(json.dumps(invalid))
     (runs / "renamed-copy.json").write_text(good)
     (runs / "binary.json").write_bytes(b"\xff\xfe\x00garbage")
     with pytest.warns(RecordWarning) as caught:
         loaded = load_records(runs)
-    assert [r["run_id"] for r in loaded] == sorted(r["run_id"] for r in study[:3])
+    assert [r.run_id for r in loaded] == sorted(r.run_id for r in study[:3])
     messages = sorted(str(w.message) for w in caught)
     assert len(messages) == 4
     for name, reason in [
         (half.name, "unreadable JSON"),
-        (f"{study[4]['run_id']}.json", "clean.accuracy"),
+        (f"{study[4].run_id}.json", "clean.accuracy"),
         ("renamed-copy.json", "does not match run_id"),
         ("binary.json", "unreadable"),
     ]:
         assert any(name in m and reason in m for m in messages), (name, messages)
 
 
-def test_temp_files_and_missing_dir_are_ignored_silently(tmp_path, pgd):
+def test_temp_files_and_missing_dir_are_ignored_silently(tmp_path, pgd_record):
     assert load_records(tmp_path / "nope") == []
     runs = tmp_path / "runs"
-    write_record(pgd, runs)
-    (runs / f".{pgd['run_id']}.123.abcd.tmp").write_text("{half")
+    write_record(pgd_record, runs)
+    (runs / f".{pgd_record.run_id}.123.abcd.tmp").write_text("{half")
     (runs / ".hidden.json").write_text("{half")
     (runs / "notes.txt").write_text("hello")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert load_records(runs) == [pgd]
+        assert load_records(runs) == [pgd_record]
 
 
-def _hammer(runs_dir: str, worker: int, records: list[dict], rounds: int) -> None:
+def _hammer(runs_dir: str, worker: int, records: list[RunRecord], rounds: int) -> None:
     for i in range(rounds):
-        record = copy.deepcopy(records[i % len(records)])
-        record["latency_ms_cpu_b1"] = worker + i / 1000  # same run id, different content per writer
-        write_record(record, runs_dir)
+        # Same run id, different content per writer.
+        write_record(replace(records[i % len(records)], latency_ms_cpu_b1=worker + i / 1000), runs_dir)
 
 
 def test_concurrent_writers_leave_only_valid_json(tmp_path, study):
     runs = tmp_path / "runs"
     runs.mkdir()
-    ids = sorted({r["run_id"] for r in study})
+    ids = sorted({r.run_id for r in study})
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     procs = [ctx.Process(target=_hammer, args=(str(runs), w, study, 60)) for w in range(2)]
     for p in procs:
@@ -336,7 +376,7 @@ def test_concurrent_writers_leave_only_valid_json(tmp_path, study):
         warnings.simplefilter("error", RecordWarning)
         while any(p.is_alive() for p in procs):
             for record in load_records(runs):
-                assert record["run_id"] in ids
+                assert record.run_id in ids
     for p in procs:
         p.join()
         assert p.exitcode == 0
@@ -382,62 +422,79 @@ def test_mask_decode_rejects_mismatches():
         encode_mask(np.zeros((2, 2), dtype=bool))
 
 
-def test_written_file_is_what_readers_get(tmp_path, pgd):
-    path: Path = write_record(pgd, tmp_path)
-    assert json.loads(path.read_text()) == pgd
+def test_written_file_is_what_readers_get(tmp_path, pgd_record):
+    path: Path = write_record(pgd_record, tmp_path)
+    assert json.loads(path.read_text()) == pgd_record.to_dict()
 
 
-def _with_weights(study: list[dict]) -> list[dict]:
+def _digest(name: str, regime: str) -> str:
+    return config_hash({"w": [name, regime]})[:16]
+
+
+def _with_weights(study: list[RunRecord]) -> list[RunRecord]:
     """The study's records with weight digests as the study writes them: one per (model, regime)."""
-    records = copy.deepcopy(study)
-    for r in records:
-        name, regime = r["model"]["name"], r["regime"]
-        r["model"]["weights"] = config_hash({"w": [name, regime]})[:16]
-        if regime != "standard":
-            r["model"]["parent_weights"] = config_hash({"w": [name, "standard"]})[:16]
-    return records
+    return [
+        replace(
+            r,
+            model=replace(
+                r.model,
+                weights=_digest(r.model.name, r.regime),
+                parent_weights=None if r.regime == "standard" else _digest(r.model.name, "standard"),
+            ),
+        )
+        for r in study
+    ]
+
+
+def _swap(records: list[RunRecord], victim: RunRecord, **model: str | None) -> list[RunRecord]:
+    return [replace(r, model=replace(r.model, **model)) if r is victim else r for r in records]
 
 
 def test_records_of_one_model_agree_on_weights(study):
     records = _with_weights(study)
     for r in records:
-        validate_record(r)
+        validate_record(r.to_dict())
     check_combinable(records)
     check_combinable(study)  # records made before digests existed all lack them: combinable
 
 
 def test_records_of_different_weights_in_one_row_are_refused(study):
     records = _with_weights(study)
-    victim = next(r for r in records if r["regime"] == "standard" and r["attack"] == "cw")
-    victim["model"]["weights"] = "f" * 16
-    with pytest.raises(UserError, match=re.escape(victim["run_id"]) + ".*different weights"):
+    victim = next(r for r in records if r.regime == "standard" and r.attack == "cw")
+    records = _swap(records, victim, weights="f" * 16)
+    with pytest.raises(UserError, match=re.escape(victim.run_id) + ".*different weights"):
         check_combinable(records)
 
 
 def test_fine_tuned_records_must_start_from_the_standard_weights(study):
     records = _with_weights(study)
-    victim = next(r for r in records if r["regime"] == "pgd-at")
-    for r in records:
-        if r["model"]["name"] == victim["model"]["name"] and r["regime"] == "pgd-at":
-            r["model"]["parent_weights"] = "e" * 16
+    victim = next(r for r in records if r.regime == "pgd-at")
+    records = [
+        replace(r, model=replace(r.model, parent_weights="e" * 16))
+        if r.model.name == victim.model.name and r.regime == "pgd-at"
+        else r
+        for r in records
+    ]
     with pytest.raises(UserError, match="fine-tuned from weights " + "e" * 16):
         check_combinable(records)
 
 
 def test_a_row_mixing_records_with_and_without_digests_is_refused(study):
     records = _with_weights(study)
-    victim = next(r for r in records if r["regime"] == "standard" and r["attack"] == "pgd")
-    del victim["model"]["weights"]
+    victim = next(r for r in records if r.regime == "standard" and r.attack == "pgd")
+    records = _swap(records, victim, weights=None)
     with pytest.raises(UserError, match="different weights or images"):
         check_combinable(records)
 
 
+def _ordered(record: RunRecord, order: str) -> RunRecord:
+    return replace(record, config={**record.config, "eval": {"order": order}})
+
+
 def test_a_row_mixing_evaluation_orders_is_refused(study):
-    records = _with_weights(study)
-    for r in records:
-        r["config"].setdefault("eval", {})["order"] = "stratified"
-    victim = next(r for r in records if r["regime"] == "pgd-at" and r["attack"] == "fgsm")
-    victim["config"]["eval"]["order"] = "dataset"
+    records = [_ordered(r, "stratified") for r in _with_weights(study)]
+    victim = next(r for r in records if r.regime == "pgd-at" and r.attack == "fgsm")
+    records = [_ordered(r, "dataset") if r is victim else r for r in records]
     with pytest.raises(UserError, match=re.escape("eval.order dataset vs stratified")):
         check_combinable(records)
 
@@ -449,30 +506,35 @@ def _strict_json(text: str):
     return json.loads(text, parse_constant=refuse)
 
 
-def test_records_with_infinite_distances_are_standard_json(tmp_path, cw):
-    record = copy.deepcopy(cw)
-    record["cw"]["l2_per_image"][-1] = float("inf")  # the largest distance: the median stays
+def _with_an_infinite_distance(study: list[RunRecord]) -> RunRecord:
+    record = next(r for r in study if r.attack == "cw")
+    l2 = (*record.cw.l2_per_image[:-1], float("inf"))  # the largest distance: the median stays
+    return replace(record, cw=replace(record.cw, l2_per_image=l2))
+
+
+def test_records_with_infinite_distances_are_standard_json(tmp_path, study):
+    record = _with_an_infinite_distance(study)
     path = write_record(record, tmp_path / "runs")
     assert _strict_json(path.read_text())["cw"]["l2_per_image"][-1] == "Infinity"
     (loaded,) = load_records(tmp_path / "runs")
-    assert loaded["cw"]["l2_per_image"][-1] == float("inf") and loaded == record
+    assert loaded.cw.l2_per_image[-1] == float("inf") and loaded == record
 
 
-def test_records_with_bare_infinity_tokens_load_and_are_migrated(tmp_path, cw):
-    record = copy.deepcopy(cw)
-    record["cw"]["l2_per_image"][-1] = float("inf")
+def test_records_with_bare_infinity_tokens_load_and_are_migrated(tmp_path, study):
+    record = _with_an_infinite_distance(study)
     runs = tmp_path / "runs"
     runs.mkdir()
-    legacy = runs / f"{record['run_id']}.json"
-    legacy.write_text(json.dumps(record, indent=2, sort_keys=True))  # bare Infinity, as records once were
+    legacy = runs / f"{record.run_id}.json"
+    # bare Infinity, as records once were
+    legacy.write_text(json.dumps(record.to_dict(), indent=2, sort_keys=True))
     assert load_records(runs) == [record]
     assert rewrite_strict(runs) == [legacy]
     assert _strict_json(legacy.read_text())["cw"]["l2_per_image"][-1] == "Infinity"
     assert load_records(runs) == [record] and rewrite_strict(runs) == []
 
 
-def test_written_records_are_readable_by_others_as_open_would_make_them(tmp_path, pgd):
+def test_written_records_are_readable_by_others_as_open_would_make_them(tmp_path, pgd_record):
     umask = os.umask(0)
     os.umask(umask)
-    path = write_record(pgd, tmp_path / "runs")
+    path = write_record(pgd_record, tmp_path / "runs")
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask

@@ -9,7 +9,6 @@ import torch
 
 from robust_mnv1.config.compose import compose_config
 from robust_mnv1.data import load_dataset
-from robust_mnv1.records.schema import decode_mask
 from robust_mnv1.records.store import dumps_record, load_records, parse_record
 from robust_mnv1.records.validate import validate_record
 from robust_mnv1.training.model_cache import cache_root, finetuned_model, standard_model
@@ -53,24 +52,24 @@ def test_smoke_writes_records_and_leaderboard(smoke):
     # 2 models x 2 regimes x 4 attack families
     assert len(records) == 16
     for r in records:
-        validate_record(r)
-    assert {r["regime"] for r in records} == {"standard", "pgd-at"}
-    assert {r["attack"] for r in records} == {"fgsm", "pgd", "apgd", "cw"}
-    for apgd in (r for r in records if r["attack"] == "apgd"):
+        validate_record(r.to_dict())
+    assert {r.regime for r in records} == {"standard", "pgd-at"}
+    assert {r.attack for r in records} == {"fgsm", "pgd", "apgd", "cw"}
+    for apgd in (r for r in records if r.attack == "apgd"):
         # APGD attacks exactly what FGSM and PGD left robust at 8/255, so its mask is the worst case.
-        (entry,) = apgd["eps_results"]
-        twins = [t for t in records if t["run_id"].split("__")[:2] == apgd["run_id"].split("__")[:2]]
-        before = [e for t in twins if t["attack"] != "apgd" for e in t["eps_results"] if e["eps_255"] == 8]
-        survived = np.logical_and.reduce([decode_mask(e["robust_mask"], e["n"]) for e in before])
-        assert entry["attacked"] == survived.sum() >= entry["robust"]
-        assert not (decode_mask(entry["robust_mask"], entry["n"]) & ~survived).any()
-    pgd = next(r for r in records if r["attack"] == "pgd")
-    assert [e["eps_255"] for e in pgd["eps_results"]] == [2, 8]
-    assert pgd["eps_results"][1]["loss"] == "ce+margin"
-    for cw in (r["cw"] for r in records if r["attack"] == "cw"):
-        assert len(cw["l2_per_image"]) == cw["n_clean_correct"] > 0
-    assert pgd["model"]["macs"] > 0 and pgd["latency_ms_cpu_b1"] > 0
-    assert pgd["env"]["torch"] == torch.__version__.split("+")[0] or pgd["env"]["torch"].startswith(
+        (entry,) = apgd.eps_results
+        twins = [t for t in records if t.run_id.split("__")[:2] == apgd.run_id.split("__")[:2]]
+        before = [e for t in twins if t.attack != "apgd" for e in t.eps_results if e.eps_255 == 8]
+        survived = np.logical_and.reduce([e.mask() for e in before])
+        assert entry.attacked == survived.sum() >= entry.robust
+        assert not (entry.mask() & ~survived).any()
+    pgd = next(r for r in records if r.attack == "pgd")
+    assert [e.eps_255 for e in pgd.eps_results] == [2, 8]
+    assert pgd.eps_results[1].loss == "ce+margin"
+    for cw in (r.cw for r in records if r.attack == "cw"):
+        assert len(cw.l2_per_image) == cw.n_clean_correct > 0
+    assert pgd.model.macs > 0 and pgd.latency_ms_cpu_b1 > 0
+    assert pgd.env["torch"] == torch.__version__.split("+")[0] or pgd.env["torch"].startswith(
         torch.__version__[:4]
     )
     md = (root / "results" / "leaderboard.md").read_text()
@@ -97,11 +96,11 @@ def test_second_run_reuses_cached_models_and_records(smoke, tmp_path):
     assert "epoch 1/" not in out and "resuming" not in out, "a cached model was retrained"
     assert len(load_records(tmp_path / "results" / "runs")) == 16
     # Same config, same seed, same cached weights: the same numbers.
-    a = {r["run_id"]: r for r in load_records(root / "results" / "runs")}
+    a = {r.run_id: r for r in load_records(root / "results" / "runs")}
     for r in load_records(tmp_path / "results" / "runs"):
-        assert r["config_hash"] == a[r["run_id"]]["config_hash"]
-        assert r["clean"] == a[r["run_id"]]["clean"]
-        assert r["eps_results"] == a[r["run_id"]]["eps_results"]
+        assert r.config_hash == a[r.run_id].config_hash
+        assert r.clean == a[r.run_id].clean
+        assert r.eps_results == a[r.run_id].eps_results
     proc = run([*FAST, f"results_dir={tmp_path}/results", f"hydra.run.dir={tmp_path}/out2"], root / "cache")
     assert "every record is done" in proc.stdout + proc.stderr
 
@@ -113,11 +112,11 @@ def test_parallel_workers_reuse_the_cache_and_give_the_sequential_records(smoke,
         root / "cache",
     )
     assert "epoch 1/" not in out.stdout + out.stderr, "a cached model was retrained"
-    a = {r["run_id"]: r for r in load_records(root / "results" / "runs")}
+    a = {r.run_id: r for r in load_records(root / "results" / "runs")}
     b = load_records(tmp_path / "results" / "runs")
-    assert sorted(r["run_id"] for r in b) == sorted(a)
+    assert sorted(r.run_id for r in b) == sorted(a)
     for r in b:
-        assert (r["clean"], r["eps_results"]) == (a[r["run_id"]]["clean"], a[r["run_id"]]["eps_results"])
+        assert (r.clean, r.eps_results) == (a[r.run_id].clean, a[r.run_id].eps_results)
 
 
 def test_train_only_fills_the_cache_and_writes_no_records(tmp_path):
@@ -141,14 +140,14 @@ def test_records_name_their_weights_and_a_record_of_other_weights_is_redone(smok
 
     root, _ = smoke
     records = load_records(root / "results" / "runs")
-    by_key = {(r["model"]["name"], r["regime"]): r["model"]["weights"] for r in records}
+    by_key = {(r.model.name, r.regime): r.model.weights for r in records}
     assert len(set(by_key.values())) == 4  # 2 models x 2 regimes, all different weights
     for r in records:
-        assert by_key[(r["model"]["name"], r["regime"])] == r["model"]["weights"]
-        if r["regime"] != "standard":
-            assert r["model"]["parent_weights"] == by_key[(r["model"]["name"], "standard")]
+        assert by_key[(r.model.name, r.regime)] == r.model.weights
+        if r.regime != "standard":
+            assert r.model.parent_weights == by_key[(r.model.name, "standard")]
         else:
-            assert "parent_weights" not in r["model"]
+            assert "parent_weights" not in r.to_dict()["model"]
 
     # Pretend a standard record and a fine-tuned one (same parent) came from other models, as when a
     # machine without the model cache retrained them and was cut off: only those two are redone, with

@@ -180,6 +180,8 @@ SCHEMA: dict[str, Rule] = {
     "eval.n_cw": optional(COUNT),
     "eval.sanity.enabled": BOOL,
     "eval.sanity.n": optional(COUNT),
+    "eval.sanity.eps_255": number(0, 255, open_lo=True),
+    "eval.headline_eps_255": number(0, 255, open_lo=True),
     "eval.max_clean_drop": number(0, 1),
     "eval.latency.enabled": BOOL,
     "eval.latency.reps": COUNT,
@@ -276,12 +278,21 @@ def _check_adversaries(v: dict[str, Any]) -> None:
         )
     if "attack.apgd.eps_255" in v:
         _check_apgd(v)
+    _check_headline(v)
     unused = set(v.get("attack.pgd.margin_at_255", [])) - set(v.get("attack.pgd.eps_255", []))
     if unused:
         raise UserError(
             f"attack.pgd.margin_at_255 must be among attack.pgd.eps_255 {v['attack.pgd.eps_255']}, "
             f"got {sorted(unused)}"
         )
+
+
+def _check_headline(v: dict[str, Any]) -> None:
+    """The board's headline columns and worst case need every L-inf attack at the headline radius."""
+    h = v["eval.headline_eps_255"]
+    for grid in (f"attack.{family}.eps_255" for family in ("fgsm", "pgd", "apgd")):
+        if h not in v.get(grid, [h]):
+            raise UserError(f"eval.headline_eps_255={h} must be in {grid} {v[grid]}: the board's headline")
 
 
 def _check_apgd(v: dict[str, Any]) -> None:

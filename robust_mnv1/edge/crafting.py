@@ -11,7 +11,8 @@ import torch
 from attacks.base import model_hygiene, predict_logits
 from attacks.losses import LOSSES, value_and_grad
 from attacks.projection import ascent_step, project_to_box, random_in_ball
-from robust_mnv1.evaluation.specs import PGDSpec, eps
+from robust_mnv1.evaluation.specs import PGDSpec
+from robust_mnv1.infra.units import eps
 
 
 def craft_pgd(

@@ -64,12 +64,12 @@ from robust_mnv1.edge.record_fields import (
     run_environment,
 )
 from robust_mnv1.evaluation.protocol import eval_subset
-from robust_mnv1.evaluation.specs import eps
 from robust_mnv1.infra.device import resolve_device
 from robust_mnv1.infra.envinfo import cpu_name
 from robust_mnv1.infra.errors import UserError
 from robust_mnv1.infra.malloc import keep_freed_memory
 from robust_mnv1.infra.threads import choose_threads
+from robust_mnv1.infra.units import eps
 from robust_mnv1.records.schema import config_hash, make_run_id
 from robust_mnv1.training.model_cache import cache_root
 

@@ -8,6 +8,7 @@ attack families.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -16,10 +17,12 @@ import torch
 import attacks
 from attacks import FGSM
 from robust_mnv1.data import Split
-from robust_mnv1.evaluation.specs import APGDSpec, CWSpec, FGSMSpec, PGDSpec, SquareSpec, eps
+from robust_mnv1.evaluation.specs import APGDSpec, CWSpec, FGSMSpec, PGDSpec, SquareSpec
 from robust_mnv1.infra.errors import UserError
+from robust_mnv1.infra.units import eps
 from robust_mnv1.records.intervals import bootstrap_ci, wilson_ci
-from robust_mnv1.records.schema import decode_mask, encode_mask
+from robust_mnv1.records.run_record import CleanResult, CwRadius, CwResult, EpsResult, SanityResult
+from robust_mnv1.records.schema import encode_mask
 
 # The evaluation order's shuffle is the same for every model, seed and run, so that all records of a
 # model attack the same images and their per-image masks can be combined.
@@ -61,17 +64,14 @@ def eval_subset(
     return split.x[idx].to(device).float().div_(255), split.y[idx].to(device)
 
 
-def accuracy_entry(correct: int, n: int) -> dict[str, Any]:
-    return {
-        "n": n,
-        "correct": correct,
-        "accuracy": correct / n if n else 0.0,
-        "ci95": list(wilson_ci(correct, n)),
-    }
+def _share(k: int, n: int) -> float:
+    return k / n if n else 0.0
 
 
 @torch.no_grad()
-def clean_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> dict:
+def clean_accuracy(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024
+) -> CleanResult:
     """Clean accuracy with its interval and the per-image correct mask, which pairs records of
     different models image by image (their fooling rates, and C&W distances of commonly correct images)."""
     was_training = model.training
@@ -85,39 +85,41 @@ def clean_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, bat
         )
     finally:
         model.train(was_training)
-    return {**accuracy_entry(int(mask.sum()), len(y)), "correct_mask": encode_mask(mask)}
+    k, n = int(mask.sum()), len(y)
+    return CleanResult(n, k, _share(k, n), wilson_ci(k, n), encode_mask(mask))
 
 
-def check_clean(clean: dict, recorded: float, max_drop: float, what: str) -> None:
+def check_clean(clean: CleanResult, recorded: float, max_drop: float, what: str) -> None:
     """Refuse to report a model whose clean accuracy is far below what training recorded.
 
     The tolerance widens by the Wilson interval, since a small eval subset is noisy.
     """
-    lo, hi = clean["ci95"]
+    lo, hi = clean.ci95
     if hi + max_drop < recorded:
         raise UserError(
-            f"{what}: clean accuracy {clean['accuracy']:.4f} (95% CI [{lo:.4f}, {hi:.4f}]) is far below the "
+            f"{what}: clean accuracy {clean.accuracy:.4f} (95% CI [{lo:.4f}, {hi:.4f}]) is far below the "
             f"cached model's recorded {recorded:.4f}; stale checkpoint? delete the cache entry"
         )
 
 
-def _eps_entry(name: str, eps_255: float, loss: str, robust: torch.Tensor) -> dict[str, Any]:
+def _eps_entry(name: str, eps_255: float, loss: str, robust: torch.Tensor, **apgd: Any) -> EpsResult:
     n, k = len(robust), int(robust.sum())
-    return {
-        "attack": name,
-        "norm": "linf",
-        "eps": eps(eps_255),
-        "eps_255": eps_255,
-        "loss": loss,
-        "n": n,
-        "robust": k,
-        "accuracy": k / n if n else 0.0,
-        "ci95": list(wilson_ci(k, n)),
-        "robust_mask": encode_mask(robust.cpu().numpy()),
-    }
+    return EpsResult(
+        attack=name,
+        norm="linf",
+        eps=eps(eps_255),
+        eps_255=eps_255,
+        loss=loss,
+        n=n,
+        robust=k,
+        accuracy=_share(k, n),
+        ci95=wilson_ci(k, n),
+        robust_mask=encode_mask(robust.cpu().numpy()),
+        **apgd,
+    )
 
 
-def run_fgsm(model, x, y, spec: FGSMSpec) -> list[dict]:
+def run_fgsm(model, x, y, spec: FGSMSpec) -> list[EpsResult]:
     results = FGSM.over_eps(model, x, y, [eps(e) for e in spec.eps_255], batch_size=spec.batch_size)
     return [
         _eps_entry("fgsm", e, "ce", res.clean_correct & ~res.success)
@@ -125,7 +127,7 @@ def run_fgsm(model, x, y, spec: FGSMSpec) -> list[dict]:
     ]
 
 
-def run_pgd(model, x, y, spec: PGDSpec, seed: int) -> list[dict]:
+def run_pgd(model, x, y, spec: PGDSpec, seed: int) -> list[EpsResult]:
     """PGD over the eps grid, smallest eps first, each eps attacking only the previous one's survivors.
 
     A perturbation inside a small ball lies inside every larger one, so a sample broken at one eps is
@@ -152,21 +154,16 @@ def run_pgd(model, x, y, spec: PGDSpec, seed: int) -> list[dict]:
     return out
 
 
-def survivors(records: list[dict], eps_255: float, n: int) -> torch.Tensor:
-    """The images every L-inf entry of ``records`` at ``eps_255`` left robust (per-sample AND), as a
-    bool[n] mask; the records must hold at least one entry there, each over the same n images."""
-    masks = [
-        decode_mask(e["robust_mask"], e["n"])
-        for r in records
-        for e in r["eps_results"]
-        if e["norm"] == "linf" and e["eps_255"] == eps_255
-    ]
+def survivors(entries: Iterable[EpsResult], eps_255: float, n: int) -> torch.Tensor:
+    """The images every L-inf entry of ``entries`` at ``eps_255`` left robust (per-sample AND), as a
+    bool[n] mask; there must be at least one entry there, each over the same n images."""
+    masks = [e.mask() for e in entries if e.norm == "linf" and e.eps_255 == eps_255]
     if not masks or any(len(m) != n for m in masks):
         raise ValueError(f"the records hold no entries over {n} images at eps {eps_255}/255 to build on")
     return torch.from_numpy(np.logical_and.reduce(masks))
 
 
-def run_apgd(model, x, y, spec: APGDSpec, seed: int, before: dict[float, torch.Tensor]) -> list[dict]:
+def run_apgd(model, x, y, spec: APGDSpec, seed: int, before: dict[float, torch.Tensor]) -> list[EpsResult]:
     """APGD-CE, then APGD-T on what it left, at each eps of ``spec.eps_255``, attacking only the images
     ``before[eps]`` marks robust (those every FGSM and PGD record left robust there).
 
@@ -185,10 +182,9 @@ def run_apgd(model, x, y, spec: APGDSpec, seed: int, before: dict[float, torch.T
                 # An image FGSM/PGD left robust is clean-correct, so a success is exactly "broken here".
                 robust[idx] = res.clean_correct & ~res.success
                 broken[name] = int(res.success.sum())
-        entry = _eps_entry("apgd", e, "apgd-ce+apgd-t", robust)
-        entry["attacked"] = int(before[e].sum())
-        entry["broken"] = broken
-        out.append(entry)
+        out.append(
+            _eps_entry("apgd", e, "apgd-ce+apgd-t", robust, attacked=int(before[e].sum()), broken=broken)
+        )
     return out
 
 
@@ -212,7 +208,7 @@ def square_check(
     return report.to_dict()
 
 
-def run_cw(model, x, y, spec: CWSpec, seed: int) -> dict[str, Any]:
+def run_cw(model, x, y, spec: CWSpec, seed: int) -> CwResult:
     res = spec.attack()(model, x, y)
     correct = res.clean_correct.cpu().numpy()
     broken = res.success.cpu().numpy() & correct
@@ -220,29 +216,31 @@ def run_cw(model, x, y, spec: CWSpec, seed: int) -> dict[str, Any]:
     l2 = np.where(broken, res.l2.cpu().numpy(), np.inf)[correct]
     finite = l2[np.isfinite(l2)]
     median = float(np.median(l2)) if len(l2) else float("nan")
-    return {
-        "n": len(y),
-        "n_clean_correct": int(correct.sum()),
-        "median_l2": median,
-        "median_l2_ci95": list(bootstrap_ci(l2, np.median, seed=seed)) if len(l2) else [float("nan")] * 2,
-        "mean_l2": float(finite.mean()) if len(finite) else float("nan"),
-        "success_rate": float(broken.sum() / max(1, correct.sum())),
+    n = len(y)
+    radii = []
+    for r in spec.l2_radii:
+        k = round(res.robust_accuracy_at(r) * n)
+        radii.append(CwRadius(l2=r, accuracy=_share(k, n), ci95=wilson_ci(k, n), n=n, correct=k))
+    return CwResult(
+        n=n,
+        n_clean_correct=int(correct.sum()),
+        median_l2=median,
+        median_l2_ci95=bootstrap_ci(l2, np.median, seed=seed) if len(l2) else (float("nan"),) * 2,
+        mean_l2=float(finite.mean()) if len(finite) else float("nan"),
+        success_rate=float(broken.sum() / max(1, correct.sum())),
+        robust_at=tuple(radii),
+        steps=spec.steps,
+        binary_search_steps=spec.binary_search_steps,
         # Per-image distances let the leaderboard redraw the median (its findings' bootstrap);
         # 6 significant digits keep a 1000-image record small.
-        "l2_per_image": [float(f"{v:.6g}") for v in l2],
-        "robust_at": [
-            {"l2": r, **accuracy_entry(round(res.robust_accuracy_at(r) * len(y)), len(y))}
-            for r in spec.l2_radii
-        ],
-        "steps": spec.steps,
-        "binary_search_steps": spec.binary_search_steps,
-    }
+        l2_per_image=tuple(float(f"{v:.6g}") for v in l2),
+    )
 
 
-def sanity(model, x, y, eps: float, seed: int) -> dict[str, Any]:
-    reports = [r.to_dict() for r in attacks.checks.run_all(model, x, y, eps=eps, seed=seed)]
-    flags = [r["name"] for r in reports if r["flagged"]]
-    return {"passed": not flags, "flags": flags, "reports": reports}
+def sanity(model, x, y, eps: float, seed: int) -> SanityResult:
+    return SanityResult.combined(
+        [r.to_dict() for r in attacks.checks.run_all(model, x, y, eps=eps, seed=seed)]
+    )
 
 
 def cpu_latency_ms(model: torch.nn.Module, image_size: int, reps: int) -> float:

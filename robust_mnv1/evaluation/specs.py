@@ -2,7 +2,8 @@
 
 :mod:`robust_mnv1.config.spec` makes them from the ``attack`` config group; everything below that
 boundary (:mod:`.protocol`, the edge commands' crafting) takes them. Radii are given in units of
-1/255, as the configs and records give them, and turned into pixel units by :func:`eps` alone.
+1/255, as the configs and records give them, and turned into pixel units by
+:func:`robust_mnv1.infra.units.eps` alone.
 """
 
 from __future__ import annotations
@@ -10,11 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from attacks import APGD, APGDT, PGD, CarliniWagnerL2
-
-
-def eps(eps_255: float) -> float:
-    """An L-inf radius in units of 1/255 as a radius over [0, 1] pixels."""
-    return eps_255 / 255
+from robust_mnv1.infra.units import eps
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -32,15 +32,16 @@ from robust_mnv1.config.spec import attack_spec, model_spec
 from robust_mnv1.cost import layer_costs
 from robust_mnv1.data import Dataset, load_dataset
 from robust_mnv1.evaluation import protocol as ev
-from robust_mnv1.evaluation.specs import APGDSpec, FGSMSpec, PGDSpec, eps
+from robust_mnv1.evaluation.specs import APGDSpec, FGSMSpec, PGDSpec
 from robust_mnv1.infra.device import resolve_device
 from robust_mnv1.infra.envinfo import environment
 from robust_mnv1.infra.filelock import exclusive
 from robust_mnv1.infra.malloc import keep_freed_memory
 from robust_mnv1.infra.parent_watch import exit_with_parent
-from robust_mnv1.records.schema import config_hash, decode_mask, make_run_id
+from robust_mnv1.infra.units import eps
+from robust_mnv1.records.run_record import DataInfo, ModelInfo, RunRecord, SanityResult
+from robust_mnv1.records.schema import config_hash, make_run_id
 from robust_mnv1.records.store import parse_record, write_record
-from robust_mnv1.records.validate import validate_record
 from robust_mnv1.report.board import generate
 from robust_mnv1.training.checkpoint import weights_digest
 from robust_mnv1.training.model_cache import cache_root, finetuned_model, standard_model
@@ -99,7 +100,7 @@ class _Stage:
     std_meta: dict[str, Any]
     costs: Any
     latency: float | None
-    sanity: dict[str, Any] | None = None
+    sanity: SanityResult | None = None
     sanity_s: float = 0.0
 
 
@@ -118,23 +119,22 @@ class Unit:
         run_id = make_run_id(self.name, regime, attack, slug(self.dataset.label), self.cfg.seed)
         return self.runs_dir / f"{run_id}.json", config_hash(cfgd)
 
-    def record(self, regime: str, attack: str) -> dict[str, Any] | None:
+    def record(self, regime: str, attack: str) -> RunRecord | None:
         """The stored record for (regime, attack) if it exists, is valid and was made with this config."""
         path, digest = self.path(regime, attack)
         try:
-            record = parse_record(path.read_text())
-            validate_record(record)
+            record = RunRecord.from_dict(parse_record(path.read_text()))
         except (OSError, ValueError):  # RecordError is a ValueError: an invalid record is redone
             return None
-        return record if record["config_hash"] == digest else None
+        return record if record.config_hash == digest else None
 
     def done(self, regime: str, attack: str, weights: str | None = None, parent: str | None = None) -> bool:
         """Whether the record exists with this config and, when given, these weights and parent weights."""
         record = self.record(regime, attack)
         return (
             record is not None
-            and (weights is None or record["model"].get("weights") == weights)
-            and (parent is None or record["model"].get("parent_weights") == parent)
+            and (weights is None or record.model.weights == weights)
+            and (parent is None or record.model.parent_weights == parent)
         )
 
     def agreed_weights(self, regime: str, parent: str | None = None) -> str | None:
@@ -143,9 +143,9 @@ class Unit:
         records = [self.record(regime, a) for a in self.attacks]
         if any(r is None for r in records):
             return None
-        if parent is not None and any(r["model"].get("parent_weights") != parent for r in records):
+        if parent is not None and any(r.model.parent_weights != parent for r in records):
             return None
-        digests = {r["model"].get("weights", "") for r in records}
+        digests = {r.model.weights or "" for r in records}
         return digests.pop() if len(digests) == 1 else None
 
     def complete(self) -> bool:
@@ -216,19 +216,19 @@ class Unit:
         elif isinstance(spec, PGDSpec):
             eps_results = ev.run_pgd(model, x, y, spec, cfg.seed)
         elif isinstance(spec, APGDSpec):
-            earlier = [self.record(regime, base) for base in BUILDS_ON[attack]]
+            earlier = [e for base in BUILDS_ON[attack] for e in self.record(regime, base).eps_results]
             before = {e: ev.survivors(earlier, e, len(y)) for e in spec.eps_255}
             eps_results = ev.run_apgd(model, x, y, spec, cfg.seed, before)
             headline = eps_results[-1]
-            robust = torch.from_numpy(decode_mask(headline["robust_mask"], headline["n"]))
-            square = ev.square_check(model, x, y, robust, headline["eps_255"], spec.square, cfg.seed)
+            robust = torch.from_numpy(headline.mask())
+            square = ev.square_check(model, x, y, robust, headline.eps_255, spec.square, cfg.seed)
         else:
             cw = ev.run_cw(model, x, y, spec, cfg.seed)
         eval_s = time.perf_counter() - t0
         if stage.sanity is None and cfg.eval.sanity.enabled:
             t1 = time.perf_counter()
             xs, ys = ev.eval_subset(ds.test, cfg.eval.sanity.n, device, cfg.eval.order)
-            stage.sanity = ev.sanity(model, xs, ys, eps=eps(8), seed=cfg.seed)
+            stage.sanity = ev.sanity(model, xs, ys, eps=eps(cfg.eval.sanity.eps_255), seed=cfg.seed)
             stage.sanity_s = time.perf_counter() - t1
         path, digest = self.path(regime, attack)
         timing = {
@@ -238,62 +238,51 @@ class Unit:
             "sanity_s": stage.sanity_s,
         }
         timing["total_s"] = sum(timing.values())
-        record = {
-            "schema_version": 1,
-            "run_id": path.stem,
-            "model": {
-                "name": self.name,
-                "alpha": float(self.spec.alpha),
-                "rho": float(self.spec.rho),
-                "profile": self.spec.profile,
-                "input_resolution": self.spec.resolution,
-                "params": int(stage.costs["params"].sum()),
-                "macs": int(stage.costs["macs"].sum()),
-                "weights": stage.weights,
-                **({"parent_weights": stage.parent} if stage.parent else {}),
-                # Device and precision of the training; evaluation is fp32 (env.device).
-                "trained_on": {"device": meta.get("device"), "precision": meta.get("precision")},
-            },
-            "regime": regime,
-            "attack": attack,
-            "data": {
-                "name": ds.name,
-                "label": ds.label,
-                "key": slug(ds.label),
-                "n_train": len(ds.train.y),
-                "n_test": len(ds.test.y),
-            },
-            "seed": int(cfg.seed),
-            "config": record_config(cfg, regime, attack),
-            "config_hash": digest,
-            "clean": clean,
-            "eps_results": eps_results,
-            "cw": cw,
-            "sanity": _with_report(stage.sanity, square),
-            "timing": timing,
-            "latency_ms_cpu_b1": stage.latency,
-            "env": environment(device),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
+        record = RunRecord(
+            run_id=path.stem,
+            model=ModelInfo(
+                name=self.name,
+                alpha=float(self.spec.alpha),
+                rho=float(self.spec.rho),
+                profile=self.spec.profile,
+                input_resolution=self.spec.resolution,
+                params=int(stage.costs["params"].sum()),
+                macs=int(stage.costs["macs"].sum()),
+                weights=stage.weights,
+                parent_weights=stage.parent,
+                trained_on={"device": meta.get("device"), "precision": meta.get("precision")},
+            ),
+            regime=regime,
+            attack=attack,
+            data=DataInfo(ds.name, ds.label, slug(ds.label), len(ds.train.y), len(ds.test.y)),
+            seed=int(cfg.seed),
+            config=record_config(cfg, regime, attack),
+            config_hash=digest,
+            clean=clean,
+            eps_results=tuple(eps_results),
+            cw=cw,
+            sanity=_with_report(stage.sanity, square),
+            timing=timing,
+            latency_ms_cpu_b1=stage.latency,
+            env=environment(device),
+            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        )
         write_record(record, self.runs_dir)
         log.info(
             "%s %s %s: clean %.3f, %.0f s -> %s",
             self.name,
             regime,
             attack,
-            clean["accuracy"],
+            clean.accuracy,
             eval_s,
             path,
         )
 
 
-def _with_report(sanity: dict[str, Any] | None, report: dict[str, Any] | None) -> dict[str, Any]:
+def _with_report(sanity: SanityResult | None, report: dict[str, Any] | None) -> SanityResult:
     """The stage's sanity reports, plus one made by this record alone (APGD's Square check)."""
-    sanity = sanity or {"passed": True, "flags": [], "reports": []}
-    if report is None:
-        return sanity
-    flags = sanity["flags"] + [report["name"]] * report["flagged"]
-    return {"passed": not flags, "flags": flags, "reports": [*sanity["reports"], report]}
+    reports = [*(sanity.reports if sanity else ()), *([report] if report else [])]
+    return SanityResult.combined(reports)
 
 
 def run_unit(cfg: DictConfig, device_name: str, threads: int | None) -> None:

@@ -1,9 +1,10 @@
 """Run records: one JSON file per (model, regime, attack, data, seed) under ``results/runs/``.
 
-The study pipeline builds a record dict (schema version 1, documented in the README) and
-calls :func:`write_record`; the leaderboard reads them back with :func:`load_records`.
-Records are validated on both sides by :func:`validate_record`, with hand-written checks so
-the schema has no extra dependency and every error names the offending field.
+The study builds a typed :class:`~robust_mnv1.records.run_record.RunRecord` (schema version 1,
+documented in the README) and calls :func:`~robust_mnv1.records.store.write_record`; the leaderboard
+reads them back with :func:`~robust_mnv1.records.store.load_records`. Records are validated on both
+sides by :func:`~robust_mnv1.records.validate.validate_record`, with hand-written checks so the schema
+has no extra dependency and every error names the offending field.
 
 Robust masks are per-sample booleans over the first ``n`` images of the evaluation order
 (:func:`robust_mnv1.evaluation.protocol.eval_order`, named by the record's ``config.eval.order``; the

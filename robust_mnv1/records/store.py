@@ -12,8 +12,8 @@ from typing import Any
 
 from robust_mnv1.infra.atomic import atomic_write_text
 from robust_mnv1.infra.errors import UserError
+from robust_mnv1.records.run_record import RunRecord
 from robust_mnv1.records.schema import RecordError, RecordWarning
-from robust_mnv1.records.validate import validate_record
 
 # Standard JSON has no infinities or NaN (an unbroken image's C&W distance is infinite): they are
 # written as these strings and read back as floats. Records written before this, with bare
@@ -65,15 +65,16 @@ def rewrite_strict(runs_dir: str | Path) -> list[Path]:
     return done
 
 
-def write_record(record: Mapping[str, Any], runs_dir: str | Path) -> Path:
+def write_record(record: RunRecord, runs_dir: str | Path) -> Path:
     """Validate ``record`` and write it atomically to ``runs_dir/<run_id>.json``.
 
     See :func:`robust_mnv1.infra.atomic.atomic_write`: a reader or a concurrent writer of the same
     run id sees a complete old or new file, never a mix; temp names start with ``.`` and end
     in ``.tmp``, so :func:`load_records` ignores them.
     """
-    validate_record(record)
-    return atomic_write_text(Path(runs_dir) / f"{record['run_id']}.json", dumps_record(record))
+    data = record.to_dict()
+    RunRecord.from_dict(data)  # the schema's checks, before anything is written
+    return atomic_write_text(Path(runs_dir) / f"{record.run_id}.json", dumps_record(data))
 
 
 def warn_skipped(path: Path, reason: str) -> None:
@@ -99,7 +100,7 @@ def json_files(directory: str | Path) -> Iterator[tuple[Path, Any, str | None]]:
             yield path, None, f"unreadable JSON ({exc})"
 
 
-def read_records(runs_dir: str | Path) -> tuple[list[dict[str, Any]], list[tuple[Path, str]]]:
+def read_records(runs_dir: str | Path) -> tuple[list[RunRecord], list[tuple[Path, str]]]:
     """``(records, invalid)``: every valid ``*.json`` record in ``runs_dir`` sorted by file name, and
     ``(path, reason)`` for each file that cannot be read, is not JSON, fails validation or is not
     named ``<run_id>.json``. A missing directory gives two empty lists; temp files of in-flight
@@ -110,19 +111,19 @@ def read_records(runs_dir: str | Path) -> tuple[list[dict[str, Any]], list[tuple
             invalid.append((path, error))
             continue
         try:
-            validate_record(record)
+            typed = RunRecord.from_dict(record)
         except RecordError as exc:
             invalid.append((path, str(exc)))
             continue
-        if path.stem != record["run_id"]:
+        if path.stem != typed.run_id:
             # A renamed copy would otherwise count the same run twice.
-            invalid.append((path, f"file name does not match run_id {record['run_id']!r}"))
+            invalid.append((path, f"file name does not match run_id {typed.run_id!r}"))
             continue
-        records.append(record)
+        records.append(typed)
     return records, sorted(invalid)
 
 
-def load_records(runs_dir: str | Path) -> list[dict[str, Any]]:
+def load_records(runs_dir: str | Path) -> list[RunRecord]:
     """The valid records of :func:`read_records`; each invalid file is skipped with a
     :class:`RecordWarning` naming it."""
     records, invalid = read_records(runs_dir)
@@ -131,7 +132,7 @@ def load_records(runs_dir: str | Path) -> list[dict[str, Any]]:
     return records
 
 
-def check_combinable(records: Iterable[Mapping[str, Any]]) -> None:
+def check_combinable(records: Iterable[RunRecord]) -> None:
     """Refuse records of one (data, model, regime, seed) that did not evaluate the same weights on
     the same images, and fine-tuned records whose parent is not the standard records' model.
 
@@ -142,21 +143,21 @@ def check_combinable(records: Iterable[Mapping[str, Any]]) -> None:
     """
     seen: dict[tuple[Any, ...], tuple[Any, str, str]] = {}
     for r in records:
-        key = (r["data"]["key"], r["model"]["name"], r["regime"], r["seed"])
-        order = r["config"].get("eval", {}).get("order", "dataset")
-        mine = (r["model"].get("weights"), order)
-        first = seen.setdefault(key, (*mine, r["run_id"]))
+        key = (r.data.key, r.model.name, r.regime, r.seed)
+        order = r.eval_order
+        mine = (r.model.weights, order)
+        first = seen.setdefault(key, (*mine, r.run_id))
         if first[:2] != mine:
             raise UserError(
-                f"{first[2]} and {r['run_id']} evaluated different weights or images (weights "
+                f"{first[2]} and {r.run_id} evaluated different weights or images (weights "
                 f"{first[0]} vs {mine[0]}, eval.order {first[1]} vs {order}); delete that model's records "
                 "and rerun its study unit"
             )
     for r in records:
-        parent = r["model"].get("parent_weights")
-        standard = seen.get((r["data"]["key"], r["model"]["name"], "standard", r["seed"]))
+        parent = r.model.parent_weights
+        standard = seen.get((r.data.key, r.model.name, "standard", r.seed))
         if parent is not None and standard is not None and standard[0] != parent:
             raise UserError(
-                f"{r['run_id']} was fine-tuned from weights {parent}, but {standard[2]} evaluated "
+                f"{r.run_id} was fine-tuned from weights {parent}, but {standard[2]} evaluated "
                 f"{standard[0]}; delete that model's records and rerun its study unit"
             )

@@ -16,6 +16,7 @@ from robust_mnv1.records.profiles import load_profiles
 from robust_mnv1.records.store import read_records
 from robust_mnv1.report.figures import draw_all
 from robust_mnv1.report.markdown import render_markdown
+from robust_mnv1.report.outcomes import headline_of
 from robust_mnv1.report.table import build_eps_curves, build_table, table_csv
 from robust_mnv1.report.verdicts import analyse_all
 
@@ -46,7 +47,8 @@ def generate(results_dir: str | Path, skip_invalid: bool = False) -> dict[str, P
     markdown = render_markdown(records, table, profiles, boards, skipped=invalid)
     csv = table_csv(table)
     paths = {"markdown": results_dir / "leaderboard.md", "csv": results_dir / "leaderboard.csv"}
-    paths |= draw_all(results_dir / "figures", boards, table, build_eps_curves(records))
+    curves = build_eps_curves(records)
+    paths |= draw_all(results_dir / "figures", boards, table, curves, headline_of(records))
     # The board last: it links the figures, so it never describes figures that failed to render.
     atomic_write_text(paths["csv"], csv)
     atomic_write_text(paths["markdown"], markdown)

@@ -21,6 +21,7 @@ from matplotlib.ticker import FuncFormatter
 
 from robust_mnv1.records.schema import REGIMES
 from robust_mnv1.report.metric_stats import Metric
+from robust_mnv1.report.outcomes import Headline
 
 # The verdict figures name a regime as the verdicts do ("standard training"), the table's figures
 # as the table does ("standard").
@@ -101,8 +102,9 @@ def plot_series(boards: Mapping[str, Board], name: str, path: Path) -> None:
     save_png(fig, path)
 
 
-def plot_gains(boards: Mapping[str, Board], path: Path) -> None:
-    """Fine-tuned minus standard worst-case@8/255 robust accuracy along each series, with CIs."""
+def plot_gains(boards: Mapping[str, Board], path: Path, headline: Headline) -> None:
+    """Fine-tuned minus standard worst-case robust accuracy at the headline radius along each series,
+    with CIs."""
     panels = [
         (key, name)
         for key, b in boards.items()
@@ -139,7 +141,7 @@ def plot_gains(boards: Mapping[str, Board], path: Path) -> None:
             f"{data_key}: fine-tuning gain along {name} ({'ρ' if name == 'width' else 'α'} = {fixed:g})"
         )
         ax.set_xlabel(f"{symbol} ({name} multiplier)")
-        ax.set_ylabel("gain in worst-case@8/255 robust accuracy (pp)")
+        ax.set_ylabel(f"gain in {headline.point_label(headline.worst)} robust accuracy (pp)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     save_png(fig, path)
@@ -208,28 +210,30 @@ def plot_eps(table: pd.DataFrame, curves: pd.DataFrame, path: Path) -> None:
     save_png(fig, path)
 
 
-def _pareto(points: pd.DataFrame) -> pd.DataFrame:
-    """Rows not beaten by a cheaper-or-equal model with higher-or-equal robustness."""
-    ordered = points.sort_values(["macs_m", "worst8_acc"], ascending=[True, False], kind="mergesort")
+def _pareto(points: pd.DataFrame, col: str) -> pd.DataFrame:
+    """Rows not beaten by a cheaper-or-equal model with higher-or-equal robustness (column ``col``)."""
+    ordered = points.sort_values(["macs_m", col], ascending=[True, False], kind="mergesort")
     best = -math.inf
     keep = []
-    for idx, acc in ordered["worst8_acc"].items():
+    for idx, acc in ordered[col].items():
         if acc > best:
             keep.append(idx)
             best = acc
     return ordered.loc[keep]
 
 
-def plot_macs(table: pd.DataFrame, path: Path) -> None:
-    """One panel per dataset: worst-case@8/255 robust accuracy against MACs by regime (Wilson 95%
-    CIs), an arrow from each standard model to its fine-tuned rows, and the Pareto front."""
+def plot_macs(table: pd.DataFrame, path: Path, headline: Headline) -> None:
+    """One panel per dataset: worst-case robust accuracy at the headline radius against MACs by regime
+    (Wilson 95% CIs), an arrow from each standard model to its fine-tuned rows, and the Pareto front."""
     labels = _data_labels(table)
+    worst, acc = headline.point_label(headline.worst), f"{headline.worst}_acc"
+    lo, hi = f"{headline.worst}_lo", f"{headline.worst}_hi"
     fig = Figure(figsize=(8, 5 * len(labels)), layout="constrained")
     axes = fig.subplots(len(labels), 1, squeeze=False)
     for (data_key, label), (ax,) in zip(labels.items(), axes, strict=True):
-        rows = table[(table["data_key"] == data_key) & np.isfinite(table["worst8_acc"])]
+        rows = table[(table["data_key"] == data_key) & np.isfinite(table[acc])]
         if rows.empty:
-            _note(ax, f"{label}: no worst-case@8/255 results")
+            _note(ax, f"{label}: no {worst} results")
             continue
         std = rows[rows["regime"] == "standard"].set_index("model")
         for _, r in rows[rows["regime"] != "standard"].iterrows():
@@ -237,41 +241,43 @@ def plot_macs(table: pd.DataFrame, path: Path) -> None:
                 before = std.loc[r["model"]]
                 ax.annotate(
                     "",
-                    xy=(r["macs_m"], 100 * r["worst8_acc"]),
-                    xytext=(before["macs_m"], 100 * before["worst8_acc"]),
+                    xy=(r["macs_m"], 100 * r[acc]),
+                    xytext=(before["macs_m"], 100 * before[acc]),
                     arrowprops={"arrowstyle": "->", "color": "0.6", "lw": 0.8},
                 )
         for regime in REGIMES:
             g = rows[rows["regime"] == regime]
             if not g.empty:
-                ys = 100 * g["worst8_acc"]
+                ys = 100 * g[acc]
                 ax.errorbar(
                     g["macs_m"],
                     ys,
-                    yerr=[ys - 100 * g["worst8_lo"], 100 * g["worst8_hi"] - ys],
+                    yerr=[ys - 100 * g[lo], 100 * g[hi] - ys],
                     fmt=_STYLE[regime][1],
                     capsize=3,
                     label=TABLE_REGIME_LABELS[regime],
                 )
-        front = _pareto(rows)
-        ax.step(
-            front["macs_m"], 100 * front["worst8_acc"], where="post", color="k", lw=1, label="Pareto front"
-        )
-        ax.scatter(front["macs_m"], 100 * front["worst8_acc"], s=120, facecolors="none", edgecolors="k")
+        front = _pareto(rows, acc)
+        ax.step(front["macs_m"], 100 * front[acc], where="post", color="k", lw=1, label="Pareto front")
+        ax.scatter(front["macs_m"], 100 * front[acc], s=120, facecolors="none", edgecolors="k")
         ax.set_xscale("log")
         # Plain numbers (3, 10, 40) read better than 3×10^0 on a short log axis.
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.set_title(f"{label}: worst-case@8/255 robust accuracy vs MACs")
+        ax.set_title(f"{label}: {worst} robust accuracy vs MACs")
         ax.set_xlabel("MACs (M, log scale)")
-        ax.set_ylabel("worst-case@8/255 accuracy (%)")
+        ax.set_ylabel(f"{worst} accuracy (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     save_png(fig, path)
 
 
 def draw_all(
-    figures_dir: Path, boards: Mapping[str, Board], table: pd.DataFrame, curves: pd.DataFrame
+    figures_dir: Path,
+    boards: Mapping[str, Board],
+    table: pd.DataFrame,
+    curves: pd.DataFrame,
+    headline: Headline,
 ) -> dict[str, Path]:
     """Write every figure of :data:`FIGURES` to ``figures_dir/<name>.png``; returns the paths by name.
 
@@ -282,7 +288,7 @@ def draw_all(
     paths = {name: figures_dir / f"{name}.png" for name in FIGURES}
     plot_series(boards, "width", paths["width_series"])
     plot_series(boards, "resolution", paths["resolution_series"])
-    plot_gains(boards, paths["finetune_gain"])
+    plot_gains(boards, paths["finetune_gain"], headline)
     plot_eps(table, curves, paths["robust_acc_vs_eps"])
-    plot_macs(table, paths["robustness_vs_macs"])
+    plot_macs(table, paths["robustness_vs_macs"], headline)
     return paths

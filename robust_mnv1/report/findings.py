@@ -13,6 +13,7 @@ from pathlib import Path
 from robust_mnv1.infra.errors import UserError
 from robust_mnv1.records.store import read_records
 from robust_mnv1.report.markdown import table_lines
+from robust_mnv1.report.outcomes import headline_of
 from robust_mnv1.report.table import build_table
 from robust_mnv1.report.verdict_text import verdict_lines
 from robust_mnv1.report.verdicts import analyse_all
@@ -33,16 +34,18 @@ def findings_block(results_dir: Path, readme_dir: Path) -> str:
     if not records:
         raise UserError(f"no run records in {results_dir / 'runs'}")
     table = build_table(records)
+    headline = headline_of(records)
     rel = Path(os.path.relpath(results_dir, readme_dir)).as_posix()
-    labels = sorted({r["data"]["label"] for r in records})
+    labels = sorted({r.data.label for r in records})
     lines = [
         START,
         f"Generated from `{rel}/runs/` by `python -m robust_mnv1.readme_findings --results {rel}`; "
         f"data: {', '.join(labels)}. Full board: [{rel}/leaderboard.md]({rel}/leaderboard.md).",
         "",
-        f"Top {min(TOP_ROWS, len(table))} of {len(table)} rows, by worst-case robust accuracy at 8/255:",
+        f"Top {min(TOP_ROWS, len(table))} of {len(table)} rows, by worst-case robust accuracy at "
+        f"{headline.radius}:",
         "",
-        *table_lines(table.head(TOP_ROWS)),
+        *table_lines(table.head(TOP_ROWS), headline),
         "",
         "Computed verdicts (paired per-image tests along each series, Holm-corrected; the rule and every "
         "test are on the full board):",

@@ -16,9 +16,10 @@ from typing import Any
 
 import pandas as pd
 
+from robust_mnv1.records.run_record import RunRecord
 from robust_mnv1.records.schema import REGIMES
 from robust_mnv1.report.figures import FIGURES
-from robust_mnv1.report.outcomes import POINTS, eps_key
+from robust_mnv1.report.outcomes import Headline, eps_key, headline_of
 from robust_mnv1.report.table import REGIME_LABELS, build_table
 from robust_mnv1.report.verdict_text import section as verdict_section
 from robust_mnv1.report.verdicts import Board, analyse_all
@@ -31,9 +32,9 @@ def _change(name: str, row: Mapping[str, Any], col: str) -> str:
     return f"{name} {before:.1f}% → {after:.1f}% ({after - before:+.1f} points)"
 
 
-def _clean_cost_lines(table: pd.DataFrame) -> list[str]:
+def _clean_cost_lines(table: pd.DataFrame, headline: Headline) -> list[str]:
     lines = []
-    col = "worst8_acc"
+    col = f"{headline.worst}_acc"
     for regime in REGIMES[1:]:
         merged = table[table["regime"] == regime].merge(
             table[table["regime"] == "standard"], on=["data_key", "model"], suffixes=("", "_std"), sort=True
@@ -41,7 +42,7 @@ def _clean_cost_lines(table: pd.DataFrame) -> list[str]:
         for _, r in merged.iterrows():
             text = f"{r['model']}, {REGIME_LABELS[regime]}: {_change('clean accuracy', r, 'clean_acc')}"
             if not math.isnan(r[col] - r[f"{col}_std"]):
-                text += f"; {_change('worst-case@8/255', r, col)}"
+                text += f"; {_change(headline.point_label(headline.worst), r, col)}"
             lines.append(text)
     return lines
 
@@ -70,31 +71,30 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-TABLE_HEADER = (
-    "rank",
-    "model",
-    "regime",
-    "params (M)",
-    "MACs (M)",
-    "clean acc",
-    "FGSM@8/255",
-    "PGD@2/255",
-    "PGD@8/255",
-    "worst-case@8/255",
-    "C&W median L2",
-    "latency (ms, CPU b=1)",
-    "sanity flags",
-    "seeds",
-)
+def table_header(headline: Headline, apgd: bool = False) -> tuple[str, ...]:
+    """The ranked table's column names; boards with APGD records gain a column after the worst case:
+    what APGD took from it."""
+    return (
+        "rank",
+        "model",
+        "regime",
+        "params (M)",
+        "MACs (M)",
+        "clean acc",
+        *(headline.point_label(key) for key, _, _ in headline.points),
+        *((headline.label("APGD added"),) if apgd else ()),
+        "C&W median L2",
+        "latency (ms, CPU b=1)",
+        "sanity flags",
+        "seeds",
+    )
 
 
-def table_lines(rows: pd.DataFrame) -> list[str]:
+def table_lines(rows: pd.DataFrame, headline: Headline) -> list[str]:
     """The ranked table's markdown lines (header, rule, one line a row) for rows of a table from
-    :func:`robust_mnv1.report.table.build_table`."""
-    # Boards with APGD records gain a column after the worst case: what APGD took from it.
+    :func:`robust_mnv1.report.table.build_table` at ``headline``."""
     apgd = "apgd_added_acc" in rows.columns
-    at = TABLE_HEADER.index("worst-case@8/255") + 1
-    header = TABLE_HEADER[:at] + ("APGD added@8/255",) * apgd + TABLE_HEADER[at:]
+    header = table_header(headline, apgd)
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for _, r in rows.iterrows():
         cells = [
@@ -104,7 +104,7 @@ def table_lines(rows: pd.DataFrame) -> list[str]:
             f"{r['params_m']:.2f}",
             f"{r['macs_m']:.1f}",
             _fmt_acc(r, "clean"),
-            *(_fmt_acc(r, key) for key, _, _ in POINTS),
+            *(_fmt_acc(r, key) for key, _, _ in headline.points),
             *((_fmt_acc(r, "apgd_added"),) if apgd else ()),
             _fmt_cw(r),
             DASH if math.isnan(r["latency_ms"]) else f"{r['latency_ms']:.2f}",
@@ -128,12 +128,12 @@ def _flatten(prefix: str, value: Any) -> list[str]:
     return [f"{prefix}={json.dumps(value, sort_keys=True)}"]
 
 
-def _attack_settings(records: Sequence[Mapping[str, Any]], attack: str) -> str:
+def _attack_settings(records: Sequence[RunRecord], attack: str) -> str:
     settings = set()
     for r in records:
-        if r["attack"] != attack:
+        if r.attack != attack:
             continue
-        cfg = r["config"].get("attack")
+        cfg = r.config.get("attack")
         if isinstance(cfg, Mapping) and isinstance(cfg.get(attack), Mapping):
             cfg = cfg[attack]  # the study records {"attack": {"pgd": {...}}}
         settings.add(
@@ -142,38 +142,38 @@ def _attack_settings(records: Sequence[Mapping[str, Any]], attack: str) -> str:
     return " | ".join(sorted(settings))
 
 
-def _protocol_lines(records: Sequence[Mapping[str, Any]]) -> list[str]:
-    clean_ns = ", ".join(_distinct(r["clean"]["n"] for r in records))
-    orders = ", ".join(_distinct(r["config"].get("eval", {}).get("order", "dataset") for r in records))
+def _protocol_lines(records: Sequence[RunRecord]) -> list[str]:
+    clean_ns = ", ".join(_distinct(r.clean.n for r in records))
+    orders = ", ".join(_distinct(r.eval_order for r in records))
     lines = [
         f"- Every evaluation takes the first n test images of the `{orders}` order (eval.order: "
         "`stratified` is a fixed shuffle in which every prefix holds each class in its share; "
         f"`dataset` is the dataset's own order). Clean accuracy: n = {clean_ns}."
     ]
-    entries = [e for r in records for e in r["eps_results"]]
+    entries = [e for r in records for e in r.eps_results]
     for attack, name in (("fgsm", "FGSM"), ("pgd", "PGD"), ("apgd", "APGD")):
-        mine = [e for e in entries if e["attack"] == attack]
+        mine = [e for e in entries if e.attack == attack]
         if not mine:
             continue
-        grid = sorted({eps_key(e["eps_255"]) for e in mine if e["norm"] == "linf"})
-        losses = ", ".join(_distinct(e["loss"] for e in mine))
-        ns = ", ".join(_distinct(e["n"] for e in mine))
+        grid = sorted({eps_key(e.eps_255) for e in mine if e.norm == "linf"})
+        losses = ", ".join(_distinct(e.loss for e in mine))
+        ns = ", ".join(_distinct(e.n for e in mine))
         settings = _attack_settings(records, attack)
         lines.append(
             f"- {name} (L∞): ε ∈ {{{', '.join(_fmt_eps(e) for e in grid)}}}; losses {losses}; n = {ns}"
             + (f"; settings {settings}." if settings else ".")
         )
-    cw = [r["cw"] for r in records if r["cw"] is not None]
+    cw = [r.cw for r in records if r.cw is not None]
     if cw:
         budgets = ", ".join(
-            _distinct(f"{c['steps']} steps × {c['binary_search_steps']} binary-search steps" for c in cw)
+            _distinct(f"{c.steps} steps × {c.binary_search_steps} binary-search steps" for c in cw)
         )
         lines.append(
-            f"- C&W (L2): {budgets}; n = {', '.join(_distinct(c['n'] for c in cw))} images; "
+            f"- C&W (L2): {budgets}; n = {', '.join(_distinct(c.n for c in cw))} images; "
             f"settings {_attack_settings(records, 'cw')}."
         )
-    lines.append(f"- Seeds: {', '.join(str(s) for s in sorted({r['seed'] for r in records}))}.")
-    envs = [r["env"] for r in records]
+    lines.append(f"- Seeds: {', '.join(str(s) for s in sorted({r.seed for r in records}))}.")
+    envs = [r.env for r in records]
     lines.append(f"- Hardware: {'; '.join(_distinct(e['device'] for e in envs))}.")
     libs = []
     for key, name in (
@@ -191,26 +191,28 @@ def _protocol_lines(records: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
-def _worst_attacks(records: Sequence[Mapping[str, Any]]) -> str:
+def _worst_attacks(records: Sequence[RunRecord]) -> str:
     """The attacks a worst case combines, as the reading notes name them."""
     names = "FGSM and PGD with each loss"
-    if any(e["attack"] == "apgd" for r in records for e in r["eps_results"]):
+    if any(e.attack == "apgd" for r in records for e in r.eps_results):
         names = "FGSM, PGD with each loss, then APGD-CE and APGD-T on what those left robust"
     return names
 
 
-def _reading_notes(rows: pd.DataFrame, records: Sequence[Mapping[str, Any]]) -> list[str]:
+def _reading_notes(rows: pd.DataFrame, records: Sequence[RunRecord], headline: Headline) -> list[str]:
+    worst, at, col = headline.point_label(headline.worst), headline.radius, headline.worst
     notes = [
         "- Accuracies are percentages: mean over seeds, ± the sample standard deviation over seeds (only "
         "with more than one seed), and a Wilson 95% CI on the counts pooled over seeds.",
         "- FGSM@ε and PGD@ε use, per seed, the strongest recorded loss at that ε (lowest accuracy). PGD "
         "walks the ε grid upwards and attacks only the images the previous ε left robust, so its masks "
         "shrink with ε; the margin loss attacks the images cross-entropy left robust.",
-        "- worst-case@8/255 counts an image as robust only if it survives every attack record of the row "
-        f"at 8/255 ({_worst_attacks(records)}): the per-sample AND of the robust masks."
+        f"- {worst} counts an image as robust only if it survives every attack record of the row "
+        f"at {at} ({_worst_attacks(records)}): the per-sample AND of the robust masks."
         + (
-            " APGD added@8/255 is the share of the images that it broke after FGSM and PGD had left them "
-            "robust: how much a PGD-only worst case would overstate robustness (AutoAttack's gap)."
+            f" {headline.label('APGD added')} is the share of the images that it broke after FGSM and "
+            "PGD had left them robust: how much a PGD-only worst case would overstate robustness "
+            "(AutoAttack's gap)."
             if "apgd_added_acc" in rows.columns
             else ""
         ),
@@ -219,14 +221,14 @@ def _reading_notes(rows: pd.DataFrame, records: Sequence[Mapping[str, Any]]) -> 
         "correct images stand behind a fine-tuned row's median), with its percentile bootstrap 95% CI "
         "from the record; with several seeds, a bootstrap of the seeds' mean median from their per-image "
         "distances (the envelope of the per-seed CIs for records without them).",
-        "- Ranked by worst-case@8/255, then clean accuracy, then model name and regime.",
+        f"- Ranked by {worst}, then clean accuracy, then model name and regime.",
         "- latency: median wall time of a batch-1 forward on one thread of the study host's CPU ("
-        + ("; ".join(_distinct(r["env"].get("cpu") for r in records)) or "not recorded")
+        + ("; ".join(_distinct(r.env.get("cpu") for r in records)) or "not recorded")
         + ")"
         + (
             f"; {missing} records predate that rule and name no CPU (their latency used torch's default "
             "thread count)."
-            if (missing := sum("cpu" not in r["env"] for r in records))
+            if (missing := sum("cpu" not in r.env for r in records))
             else "."
         ),
     ]
@@ -236,15 +238,15 @@ def _reading_notes(rows: pd.DataFrame, records: Sequence[Mapping[str, Any]]) -> 
             f"- {r['model']} ({REGIME_LABELS[r['regime']]}): "
             + (
                 f"no {missing} record yet, so no worst case; ranked last."
-                if math.isnan(r["worst8_acc"])
+                if math.isnan(r[f"{col}_acc"])
                 else f"some seeds have no {missing} record yet; its worst case is over the seeds that do."
             )
         )
-    cut = rows[rows["worst8_prefix"]]
+    cut = rows[rows[f"{col}_prefix"]]
     for _, r in cut.iterrows():
         notes.append(
             f"- {r['model']} ({REGIME_LABELS[r['regime']]}): its attacks' masks cover different numbers of "
-            "images, so worst-case@8/255 uses the common first images only."
+            f"images, so {worst} uses the common first images only."
         )
     return notes
 
@@ -277,7 +279,7 @@ def _profile_lines(profiles: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def render_markdown(
-    records: Sequence[Mapping[str, Any]],
+    records: Sequence[RunRecord],
     table: pd.DataFrame | None = None,
     profiles: Sequence[Mapping[str, Any]] = (),
     boards: Mapping[str, Board] | None = None,
@@ -290,10 +292,11 @@ def render_markdown(
     ``table`` and ``boards`` default to ``build_table(records)`` and ``analyse_all(records)``;
     pass them to avoid recomputing them.
     """
-    records = sorted(records, key=lambda r: r["run_id"])
+    records = sorted(records, key=lambda r: r.run_id)
+    headline = headline_of(records)
     if table is None:
         table = build_table(records)
-    newest = max((r["created"] for r in records), default="n/a")
+    newest = max((r.created for r in records), default="n/a")
     out = [
         "# MobileNet V1 adversarial-robustness leaderboard",
         "",
@@ -304,17 +307,15 @@ def render_markdown(
     if boards is None:
         boards = analyse_all(records)
     for data_key in sorted(table["data_key"].unique()) if not table.empty else []:
-        mine = [r for r in records if r["data"]["key"] == data_key]
+        mine = [r for r in records if r.data.key == data_key]
         rows = table[table["data_key"] == data_key]
-        labels = " / ".join(_distinct(r["data"]["label"] for r in mine))
-        sizes = "; ".join(
-            _distinct(f"{r['data']['n_train']} train / {r['data']['n_test']} test images" for r in mine)
-        )
+        labels = " / ".join(_distinct(r.data.label for r in mine))
+        sizes = "; ".join(_distinct(f"{r.data.n_train} train / {r.data.n_test} test images" for r in mine))
         out += [
             "",
             f"## {labels}",
             "",
-            f"Dataset `{data_key}` ({', '.join(_distinct(r['data']['name'] for r in mine))}): {sizes}.",
+            f"Dataset `{data_key}` ({', '.join(_distinct(r.data.name for r in mine))}): {sizes}.",
             "",
             "### Evaluation protocol",
             "",
@@ -322,15 +323,15 @@ def render_markdown(
             "",
             "### Leaderboard",
             "",
-            *_reading_notes(rows, mine),
+            *_reading_notes(rows, mine, headline),
             "",
-            *table_lines(rows),
+            *table_lines(rows, headline),
             "",
             "### Is a lighter model easier to fool?",
             "",
             *verdict_section(boards[data_key]),
         ]
-        costs = _clean_cost_lines(rows)
+        costs = _clean_cost_lines(rows, headline)
         if costs:
             out += ["", "### Clean-accuracy cost of fine-tuning", ""]
             out += [f"- {c}" for c in costs]

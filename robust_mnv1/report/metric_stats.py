@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from robust_mnv1.report.outcomes import Outcomes
+from robust_mnv1.report.outcomes import SMALL_EPS_255, Headline, Outcomes
 from robust_mnv1.report.paired import (
     image_draws,
     log_ratio,
@@ -42,12 +42,16 @@ class Metric:
         return 1 if self.kind == "fool" else -1
 
 
-METRICS = (
-    Metric("fool_pgd2", "fooling rate under PGD@2/255", "fool", "pgd2"),
-    Metric("fool_worst8", "fooling rate under worst-case@8/255", "fool", "worst8"),
-    Metric("robust_worst8", "robust accuracy under worst-case@8/255", "robust", "worst8"),
-    Metric("cw", "C&W median L2", "cw"),
-)
+def metrics(headline: Headline) -> tuple[Metric, ...]:
+    """The metrics the verdicts test: at 8/255 ``fool_pgd2``, ``fool_worst8``, ``robust_worst8``, ``cw``."""
+    small = f"pgd{SMALL_EPS_255:g}"
+    worst = headline.worst
+    return (
+        Metric(f"fool_{small}", f"fooling rate under {headline.point_label(small)}", "fool", small),
+        Metric(f"fool_{worst}", f"fooling rate under {headline.point_label(worst)}", "fool", worst),
+        Metric(f"robust_{worst}", f"robust accuracy under {headline.point_label(worst)}", "robust", worst),
+        Metric("cw", "C&W median L2", "cw"),
+    )
 
 
 def available(metric: Metric, o: Outcomes) -> bool:
@@ -192,7 +196,7 @@ class Spread:
     sd: float
 
 
-def seed_spreads(outcomes: Sequence[Outcomes]) -> list[Spread]:
+def seed_spreads(outcomes: Sequence[Outcomes], headline: Headline) -> list[Spread]:
     runs: dict[tuple[str, str, str], list[Outcomes]] = defaultdict(list)
     for o in outcomes:
         runs[(o.data_key, o.model, o.regime)].append(o)
@@ -200,7 +204,7 @@ def seed_spreads(outcomes: Sequence[Outcomes]) -> list[Spread]:
     for (data_key, model, regime), group in sorted(runs.items()):
         if len(group) < 2:
             continue
-        for metric in METRICS:
+        for metric in metrics(headline):
             if not all(available(metric, o) for o in group):
                 continue
             vals = tuple(

@@ -18,14 +18,13 @@ import numpy as np
 import pandas as pd
 
 from robust_mnv1.records.intervals import percentile_interval, wilson_ci
-from robust_mnv1.records.schema import REGIMES, decode_mask
+from robust_mnv1.records.run_record import EpsResult, ModelInfo, RunRecord
+from robust_mnv1.records.schema import REGIMES
 from robust_mnv1.records.store import check_combinable
-from robust_mnv1.report.outcomes import POINTS, eps_key
+from robust_mnv1.report.outcomes import Headline, eps_key, headline_of
 
 # How the board's table and figures name each regime.
 REGIME_LABELS = {"standard": "standard", "pgd-at": "PGD-AT", "fast-at": "fast-AT", "trades": "TRADES"}
-# The eps at which the board reports what APGD added to the worst case (the worst case's own).
-APGD_EPS = next(eps for key, attack, eps in POINTS if attack == "worst")
 # Bootstrap of several seeds' C&W median (their per-image distances drawn together).
 REDRAW_SEED = (0, 1)
 N_BOOT = 2000
@@ -46,68 +45,68 @@ class _SeedSummary:
 @dataclass
 class _Row:
     data_key: str
-    model: Mapping[str, Any]
+    model: ModelInfo
     regime: str
-    records: list[Mapping[str, Any]]
+    records: list[RunRecord]
     seeds: dict[int, _SeedSummary]
 
 
-def _families(records: Iterable[Mapping[str, Any]]) -> dict[str, set[str]]:
+def _families(records: Iterable[RunRecord]) -> dict[str, set[str]]:
     """The L∞ attack families each dataset's records hold: a seed lacking one has no worst case yet."""
     out: dict[str, set[str]] = defaultdict(set)
     for r in records:
-        out[r["data"]["key"]] |= {e["attack"] for e in r["eps_results"]}
+        out[r.data.key] |= {e.attack for e in r.eps_results}
     return out
 
 
-def _summarize_seed(records: Sequence[Mapping[str, Any]], families: set[str]) -> _SeedSummary:
+def _summarize_seed(records: Sequence[RunRecord], families: set[str]) -> _SeedSummary:
     # Attack records of the same model and seed evaluate the same images; the largest n is the
     # most informative clean estimate (a C&W run may use fewer images).
-    best_clean = max(records, key=lambda r: r["clean"]["n"])["clean"]
-    entries = [e for r in records for e in r["eps_results"] if e["norm"] == "linf"]
-    by_point: dict[tuple[str, float], list[Mapping[str, Any]]] = defaultdict(list)
+    best_clean = max(records, key=lambda r: r.clean.n).clean
+    entries = [e for r in records for e in r.linf()]
+    by_point: dict[tuple[str, float], list[EpsResult]] = defaultdict(list)
     for e in entries:
-        by_point[(e["attack"], eps_key(e["eps_255"]))].append(e)
+        by_point[(e.attack, eps_key(e.eps_255))].append(e)
     points = {}
     for key, group in by_point.items():
         # Several losses at one point (ce, ce+margin): report the strongest, i.e. lowest accuracy.
-        strongest = min(group, key=lambda e: (e["robust"] / e["n"] if e["n"] else 1.0, e["loss"]))
-        points[key] = (strongest["robust"], strongest["n"])
+        strongest = min(group, key=lambda e: (e.robust / e.n if e.n else 1.0, e.loss))
+        points[key] = (strongest.robust, strongest.n)
     worst = {}
     # FGSM alone is no worst case: a seed still missing a family the others have (a study still
     # running, a lost record) contributes none.
-    complete = families <= {e["attack"] for e in entries}
+    complete = families <= {e.attack for e in entries}
     for eps in sorted({k[1] for k in by_point}) if complete else ():
-        group = [e for e in entries if eps_key(e["eps_255"]) == eps]
-        n = min(e["n"] for e in group)
+        group = [e for e in entries if eps_key(e.eps_255) == eps]
+        n = min(e.n for e in group)
         robust = np.ones(n, dtype=bool)
         for e in group:
-            robust &= decode_mask(e["robust_mask"], e["n"])[:n]
-        worst[eps] = (int(robust.sum()), n, len({e["n"] for e in group}) > 1)
-    apgd = [e for e in entries if e["attack"] == "apgd"]
-    apgd_added = {eps_key(e["eps_255"]): (e["attacked"] - e["robust"], e["n"]) for e in apgd}
+            robust &= e.mask()[:n]
+        worst[eps] = (int(robust.sum()), n, len({e.n for e in group}) > 1)
+    apgd = [e for e in entries if e.attack == "apgd"]
+    apgd_added = {eps_key(e.eps_255): (e.attacked - e.robust, e.n) for e in apgd}
     cw = None
-    cw_records = [r for r in records if r["cw"] is not None]
+    cw_records = [r.cw for r in records if r.cw is not None]
     if cw_records:
-        block = cw_records[0]["cw"]
-        l2 = np.asarray(block["l2_per_image"], dtype=float) if "l2_per_image" in block else None
-        cw = (float(block["median_l2"]), *map(float, block["median_l2_ci95"]), l2)
-    return _SeedSummary((best_clean["correct"], best_clean["n"]), points, worst, apgd_added, cw)
+        block = cw_records[0]
+        l2 = np.asarray(block.l2_per_image, dtype=float) if block.l2_per_image is not None else None
+        cw = (float(block.median_l2), *map(float, block.median_l2_ci95), l2)
+    return _SeedSummary((best_clean.correct, best_clean.n), points, worst, apgd_added, cw)
 
 
-def _group_rows(records: Iterable[Mapping[str, Any]]) -> list[_Row]:
+def _group_rows(records: Iterable[RunRecord]) -> list[_Row]:
     records = list(records)
     families = _families(records)
-    grouped: dict[tuple[str, str, str], list[Mapping[str, Any]]] = defaultdict(list)
-    for r in sorted(records, key=lambda r: r["run_id"]):
-        grouped[(r["data"]["key"], r["model"]["name"], r["regime"])].append(r)
+    grouped: dict[tuple[str, str, str], list[RunRecord]] = defaultdict(list)
+    for r in sorted(records, key=lambda r: r.run_id):
+        grouped[(r.data.key, r.model.name, r.regime)].append(r)
     rows = []
     for (data_key, _, regime), group in sorted(grouped.items()):
-        by_seed: dict[int, list[Mapping[str, Any]]] = defaultdict(list)
+        by_seed: dict[int, list[RunRecord]] = defaultdict(list)
         for r in group:
-            by_seed[r["seed"]].append(r)
+            by_seed[r.seed].append(r)
         seeds = {s: _summarize_seed(rs, families[data_key]) for s, rs in sorted(by_seed.items())}
-        rows.append(_Row(data_key, group[0]["model"], regime, group, seeds))
+        rows.append(_Row(data_key, group[0].model, regime, group, seeds))
     return rows
 
 
@@ -123,33 +122,33 @@ def _agg_counts(counts: Sequence[tuple[int, int]]) -> dict[str, float]:
     return {"acc": float(np.mean(accs)), "std": std, "lo": lo, "hi": hi, "k": k_sum, "n": n_sum}
 
 
-def _sanity_text(records: Sequence[Mapping[str, Any]]) -> str:
-    flags = sorted({f for r in records for f in r["sanity"]["flags"]})
+def _sanity_text(records: Sequence[RunRecord]) -> str:
+    flags = sorted({f for r in records for f in r.sanity.flags})
     if flags:
         return ",".join(flags)
-    return "ok" if all(r["sanity"]["passed"] for r in records) else "failed"
+    return "ok" if all(r.sanity.passed for r in records) else "failed"
 
 
-def _row_dict(row: _Row) -> dict[str, Any]:
+def _row_dict(row: _Row, headline: Headline) -> dict[str, Any]:
     model = row.model
     out: dict[str, Any] = {
         "data_key": row.data_key,
-        "data_label": row.records[0]["data"]["label"],
-        "model": model["name"],
+        "data_label": row.records[0].data.label,
+        "model": model.name,
         "regime": row.regime,
-        "alpha": float(model["alpha"]),
-        "rho": float(model["rho"]),
-        "input_resolution": int(model["input_resolution"]),
-        "params": int(model["params"]),
-        "macs": int(model["macs"]),
-        "params_m": model["params"] / 1e6,
-        "macs_m": model["macs"] / 1e6,
+        "alpha": float(model.alpha),
+        "rho": float(model.rho),
+        "input_resolution": int(model.input_resolution),
+        "params": int(model.params),
+        "macs": int(model.macs),
+        "params_m": model.params / 1e6,
+        "macs_m": model.macs / 1e6,
         "n_seeds": len(row.seeds),
         "seeds": ",".join(str(s) for s in row.seeds),
     }
     summaries = list(row.seeds.values())
     out.update({f"clean_{k}": v for k, v in _agg_counts([s.clean for s in summaries]).items()})
-    for key, attack, eps in POINTS:
+    for key, attack, eps in headline.points:
         if attack == "worst":
             found = [s.worst[eps] for s in summaries if eps in s.worst]
             out[f"{key}_prefix"] = any(prefix for _, _, prefix in found)
@@ -157,8 +156,10 @@ def _row_dict(row: _Row) -> dict[str, Any]:
         else:
             agg = _agg_counts([s.points[(attack, eps)] for s in summaries if (attack, eps) in s.points])
         out.update({f"{key}_{k}": v for k, v in agg.items()})
+    # What APGD took from the worst case, at the worst case's radius.
     if any(s.apgd_added for s in summaries):
-        added = [s.apgd_added[APGD_EPS] for s in summaries if APGD_EPS in s.apgd_added]
+        h = eps_key(headline.eps_255)
+        added = [s.apgd_added[h] for s in summaries if h in s.apgd_added]
         out.update({f"apgd_added_{k}": v for k, v in _agg_counts(added).items()})
     # A nan median (no clean-correct image) carries no information about the row.
     cws = [s.cw for s in summaries if s.cw is not None and not math.isnan(s.cw[0])]
@@ -177,14 +178,14 @@ def _row_dict(row: _Row) -> dict[str, Any]:
         # cannot be re-bootstrapped together: the envelope of their intervals (conservative).
         out["cw_lo"] = min(c[1] for c in cws) if cws else math.nan
         out["cw_hi"] = max(c[2] for c in cws) if cws else math.nan
-    latencies = [r["latency_ms_cpu_b1"] for r in row.records if r["latency_ms_cpu_b1"] is not None]
+    latencies = [r.latency_ms_cpu_b1 for r in row.records if r.latency_ms_cpu_b1 is not None]
     out["latency_ms"] = float(np.mean(latencies)) if latencies else math.nan
     out["sanity_flags"] = _sanity_text(row.records)
     return out
 
 
-def _rank_key(row: Mapping[str, Any]) -> tuple[Any, ...]:
-    worst, clean = row["worst8_acc"], row["clean_acc"]
+def _rank_key(row: Mapping[str, Any], worst_col: str) -> tuple[Any, ...]:
+    worst, clean = row[worst_col], row["clean_acc"]
     return (
         row["data_key"],
         -worst if not math.isnan(worst) else math.inf,
@@ -194,13 +195,14 @@ def _rank_key(row: Mapping[str, Any]) -> tuple[Any, ...]:
     )
 
 
-def build_table(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+def build_table(records: Iterable[RunRecord]) -> pd.DataFrame:
     """One row per (dataset, model, regime), ranked within each dataset.
 
     Accuracies are fractions in [0, 1]: ``<metric>_acc`` is the mean over seeds, ``_std`` the
     sample std over seeds (nan for one seed), ``_lo``/``_hi`` the Wilson 95% CI on the counts
-    pooled over seeds (``_k``/``_n``). Metrics: ``clean``, ``fgsm8``, ``pgd2``, ``pgd8`` and
-    ``worst8`` (per-sample worst case over every attack at 8/255, from the robust masks;
+    pooled over seeds (``_k``/``_n``). Metrics: ``clean`` and the points of the records' headline
+    radius (:class:`~robust_mnv1.report.outcomes.Headline`; at 8/255 ``fgsm8``, ``pgd2``, ``pgd8`` and
+    ``worst8``, the per-sample worst case over every attack at 8/255, from the robust masks;
     ``worst8_prefix`` is true when masks of different n were cut to their common prefix; a row
     lacking an L∞ attack family other rows of its dataset have names it in ``missing`` and has no
     worst case).
@@ -213,17 +215,18 @@ def build_table(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """
     records = list(records)
     check_combinable(records)
+    headline = headline_of(records)
     groups = _group_rows(records)
-    rows = [_row_dict(r) for r in groups]
+    rows = [_row_dict(r, headline) for r in groups]
     # Rows and seeds without every L∞ family of their dataset have no worst case (see _summarize_seed);
     # a row none of whose seeds is complete ranks last instead of first on FGSM alone.
     families = _families(records)
     for row, group in zip(rows, groups, strict=True):
         by_seed: dict[int, set[str]] = defaultdict(set)
         for r in group.records:
-            by_seed[r["seed"]] |= {e["attack"] for e in r["eps_results"]}
+            by_seed[r.seed] |= {e.attack for e in r.eps_results}
         row["missing"] = ",".join(sorted(families[row["data_key"]] - set.intersection(*by_seed.values())))
-    rows.sort(key=_rank_key)
+    rows.sort(key=lambda row: _rank_key(row, f"{headline.worst}_acc"))
     table = pd.DataFrame(rows)
     if table.empty:
         return table
@@ -231,7 +234,7 @@ def build_table(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     return table
 
 
-def build_eps_curves(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+def build_eps_curves(records: Iterable[RunRecord]) -> pd.DataFrame:
     """Long table of L∞ robust accuracy (mean over seeds, pooled Wilson CI) per attack and eps."""
     out = []
     for row in _group_rows(records):
@@ -243,10 +246,10 @@ def build_eps_curves(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
             out.append(
                 {
                     "data_key": row.data_key,
-                    "model": row.model["name"],
+                    "model": row.model.name,
                     "regime": row.regime,
-                    "alpha": float(row.model["alpha"]),
-                    "rho": float(row.model["rho"]),
+                    "alpha": float(row.model.alpha),
+                    "rho": float(row.model.rho),
                     "attack": attack,
                     "eps_255": eps,
                     **agg,

@@ -8,38 +8,39 @@ load when the record was made; the table names the CPU or GPU of each.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 import pandas as pd
 
+from robust_mnv1.records.run_record import RunRecord
 from robust_mnv1.records.schema import ATTACKS
 
 COLUMNS = ("model", "seed", "regime", "trained on", "train s", "finetune s")
 
 
-def stage_times(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+def stage_times(records: Iterable[RunRecord]) -> pd.DataFrame:
     """One row per (model, seed, regime): training seconds, and each attack family's evaluation seconds
     (its record's ``eval_s``, with the sanity checks' ``sanity_s`` where that record ran them), plus the
     device each record was evaluated on."""
     rows: dict[tuple[Any, ...], dict[str, Any]] = {}
     for r in records:
-        key = (r["data"]["key"], r["model"]["macs"], r["model"]["name"], r["seed"], r["regime"])
-        t = r["timing"]
+        key = (r.data.key, r.model.macs, r.model.name, r.seed, r.regime)
+        t = r.timing
         row = rows.setdefault(
             key,
             {
-                "model": r["model"]["name"],
-                "seed": r["seed"],
-                "regime": r["regime"],
-                "trained on": (r["model"].get("trained_on") or {}).get("device") or "",
+                "model": r.model.name,
+                "seed": r.seed,
+                "regime": r.regime,
+                "trained on": (r.model.trained_on or {}).get("device") or "",
                 "train s": round(t["train_s"]),
-                "finetune s": round(t["finetune_s"]) if r["regime"] != "standard" else None,
+                "finetune s": round(t["finetune_s"]) if r.regime != "standard" else None,
                 "evaluated on": set(),
             },
         )
-        row[f"{r['attack']} s"] = round(t["eval_s"] + t.get("sanity_s", 0.0))
-        row["evaluated on"].add(r["env"].get("cpu") or r["env"]["device"])
+        row[f"{r.attack} s"] = round(t["eval_s"] + t.get("sanity_s", 0.0))
+        row["evaluated on"].add(r.env.get("cpu") or r.env["device"])
     ordered = [rows[k] for k in sorted(rows, key=lambda k: (*k[:4], k[4] != "standard", k[4]))]
     table = pd.DataFrame([{**row, "evaluated on": ", ".join(sorted(row["evaluated on"]))} for row in ordered])
     attacks = [f"{a} s" for a in ATTACKS if f"{a} s" in table]

@@ -1,7 +1,8 @@
 """Verdicts along the paper's controlled series: is a lighter MobileNet easier to fool?
 
 A *series* varies one multiplier with the other fixed: width (α at one ρ) or resolution (ρ at
-one α), in one regime, ordered by MACs. Along each, for every metric of :data:`METRICS`:
+one α), in one regime, ordered by MACs. Along each, for every metric of
+:func:`~robust_mnv1.report.metric_stats.metrics` (at the records' headline radius):
 
 * every adjacent pair and the lightest vs the largest model are compared on the same images
   (McNemar's exact test on per-image outcomes; for C&W the sign test on per-image log-ratios of
@@ -21,26 +22,26 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
 
 import numpy as np
 
+from robust_mnv1.records.run_record import RunRecord
 from robust_mnv1.report.metric_stats import (
-    METRICS,
     Metric,
     Spread,
     available,
     binary_stats,
     cw_stats,
     ls_slopes,
+    metrics,
     n_images,
     pooled_sd,
     resampled_sums,
     seed_spreads,
 )
-from robust_mnv1.report.outcomes import Outcomes, collect
+from robust_mnv1.report.outcomes import Headline, Outcomes, collect, headline_of
 from robust_mnv1.report.paired import (
     holm,
     interval,
@@ -229,9 +230,7 @@ class Gain:
     hi: float
 
 
-def finetune_gains(
-    series: Sequence[Series], outcomes: Sequence[Outcomes], point: str = "worst8"
-) -> list[Gain]:
+def finetune_gains(series: Sequence[Series], outcomes: Sequence[Outcomes], point: str) -> list[Gain]:
     """Fine-tuned minus standard robust accuracy of every model of every fine-tuned series, with a
     95% CI from resampling images (both regimes were attacked on the same images)."""
     runs = canonical(outcomes)
@@ -266,16 +265,19 @@ class Board:
     spreads: list[Spread]
     skipped: list[str]
     gains: list[Gain]
+    headline: Headline
 
 
-def analyse(outcomes: Sequence[Outcomes], data_key: str) -> Board:
-    """Every series, test and seed spread of ``data_key``, with Holm's correction over all its tests."""
+def analyse(outcomes: Sequence[Outcomes], data_key: str, headline: Headline | None = None) -> Board:
+    """Every series, test and seed spread of ``data_key``, with Holm's correction over all its tests;
+    ``headline`` must be the one the outcomes were collected with (by default 8/255)."""
+    headline = headline or Headline()
     mine = [o for o in outcomes if o.data_key == data_key]
-    spreads = seed_spreads(mine)
+    spreads = seed_spreads(mine, headline)
     series = find_series(mine)
     stats, tests, skipped = [], [], []
     for s in series:
-        for metric in METRICS:
+        for metric in metrics(headline):
             result = series_tests(s, metric, spreads)
             lacking = [o.model for o in s.models if not available(metric, o)]
             if result is None or lacking:
@@ -287,10 +289,13 @@ def analyse(outcomes: Sequence[Outcomes], data_key: str) -> Board:
             tests += result[1]
     adjusted = holm([t.p for t in tests]) if tests else []
     tests = [replace(t, p_holm=float(p)) for t, p in zip(tests, adjusted, strict=True)]
-    return Board(series, stats, tests, spreads, skipped, finetune_gains(series, mine))
+    gains = finetune_gains(series, mine, headline.worst)
+    return Board(series, stats, tests, spreads, skipped, gains, headline)
 
 
-def analyse_all(records: Iterable[Mapping[str, Any]]) -> dict[str, Board]:
+def analyse_all(records: Iterable[RunRecord]) -> dict[str, Board]:
     """The :class:`Board` of each dataset of the run ``records``, keyed and ordered by dataset key."""
-    outcomes = collect(records)
-    return {key: analyse(outcomes, key) for key in sorted({o.data_key for o in outcomes})}
+    records = list(records)
+    headline = headline_of(records)
+    outcomes = collect(records, headline)
+    return {key: analyse(outcomes, key, headline) for key in sorted({o.data_key for o in outcomes})}

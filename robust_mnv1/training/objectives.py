@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from robust_mnv1.infra.errors import UserError
+from robust_mnv1.infra.units import eps as to_pixels
 from robust_mnv1.training.fit import Objective
 
 METHODS = ("pgd", "fgsm_rs", "trades")
@@ -51,7 +52,7 @@ def make_objective(fcfg: DictConfig, seed: int) -> Objective:
     """The fine-tuning loss named by ``fcfg.method``."""
     if fcfg.method not in METHODS:
         raise UserError(f"unknown finetune.method {fcfg.method!r}; valid choices: {', '.join(METHODS)}")
-    eps, step = fcfg.eps_255 / 255, fcfg.step_255 / 255
+    eps, step = to_pixels(fcfg.eps_255), to_pixels(fcfg.step_255)
     if eps <= 0 or step <= 0:
         raise UserError(
             f"finetune.eps_255 and finetune.step_255 must be > 0, got {fcfg.eps_255}, {fcfg.step_255}"
