@@ -70,10 +70,8 @@ class ModelInfo:
     # {"device": ..., "precision": ...} of the training; evaluation is fp32 on env.device.
     trained_on: Mapping[str, Any] | None = None
 
-    _OPTIONAL = ("weights", "parent_weights", "trained_on")
-
     def to_dict(self) -> dict[str, Any]:
-        return _dict(self, self._OPTIONAL)
+        return _dict(self, ("weights", "parent_weights", "trained_on"))
 
 
 @dataclass(frozen=True)
