@@ -92,7 +92,7 @@ def main() -> None:
         start = time.perf_counter()
         (entry,) = ev.run_apgd(counted, x, y, spec, args.seed, {8: before})
         seconds = time.perf_counter() - start
-        b, worst = entry["broken"], f"{int(before.sum()) / args.n:.1%} -> {entry['robust'] / args.n:.1%}"
+        b, worst = entry.broken, f"{int(before.sum()) / args.n:.1%} -> {entry.robust / args.n:.1%}"
         cells = [f"{name} ({ce}, {t} x {k})", b["apgd-ce"], b["apgd-t"], worst, round(seconds), counted.count]
         print("| " + " | ".join(str(c) for c in cells) + " |")
 

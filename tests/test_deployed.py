@@ -136,8 +136,8 @@ def test_early_exit_examples_are_the_protocols_pgd(run):
     pgd = dataclasses.replace(attack_spec("pgd", cfg.attack.pgd), margin_at_255=())
     ours = craft_pgd(model, x, y, pgd, [2, 8], cfg.seed, early_exit=True)
     for entry in run_pgd(model, x, y, pgd, cfg.seed):
-        x_adv, robust = ours[entry["eps_255"]]
-        assert entry["robust_mask"] == encode_mask(robust)
+        x_adv, robust = ours[entry.eps_255]
+        assert entry.robust_mask == encode_mask(robust)
         assert (correct_on(model, x_adv, y, 512) == robust).all()
 
 
