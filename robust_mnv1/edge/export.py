@@ -56,10 +56,13 @@ from robust_mnv1.infra.errors import UserError
 from robust_mnv1.infra.filelock import exclusive
 from robust_mnv1.infra.malloc import keep_freed_memory
 from robust_mnv1.models import MobileNetV1
-from robust_mnv1.training.checkpoint import cache_key, sidecar, weights_digest
+from robust_mnv1.training.checkpoint import weights_digest
+from robust_mnv1.training.fit import finished
 from robust_mnv1.training.model_cache import (
     cache_root,
+    finetuned_key,
     finetuned_model,
+    model_dir,
     standard_key,
     standard_model,
 )
@@ -244,19 +247,16 @@ def cached_model(
     ``train_missing``: then the model cache trains (and caches) it as the study would. The error names
     ``train_key``, the setting that allows that.
     """
-    models = cache_root(cfg) / "models"
     name = model_spec(cfg, dataset).name
-    entry = models / f"{name}-standard-{standard_key(cfg)}"
-    _require_trained(entry, "standard", train_missing, train_key)
+    standard = model_dir(cfg, name, "standard", standard_key(cfg))
+    _require_trained(standard, "standard", train_missing, train_key)
     model, meta = standard_model(cfg, dataset, device)
     if regime == "standard":
-        return model, meta, entry
-    fcfg = OmegaConf.to_container(cfg.finetune, resolve=True)
-    key = cache_key("finetune", meta["key"], weights_digest(model), fcfg, cfg.seed)
-    entry = models / f"{name}-{regime}-{key}"
-    _require_trained(entry, regime, train_missing, train_key)
+        return model, meta, standard
+    tuned_entry = model_dir(cfg, name, regime, finetuned_key(cfg, meta["key"], weights_digest(model)))
+    _require_trained(tuned_entry, regime, train_missing, train_key)
     tuned, tuned_meta = finetuned_model(cfg, dataset, device, model, meta)
-    return tuned, tuned_meta, entry
+    return tuned, tuned_meta, tuned_entry
 
 
 def model_source(model: MobileNetV1, meta: dict, regime: str, entry: Path) -> dict[str, Any]:
@@ -271,7 +271,7 @@ def model_source(model: MobileNetV1, meta: dict, regime: str, entry: Path) -> di
 
 
 def _require_trained(entry: Path, regime: str, train_missing: bool, train_key: str) -> None:
-    if not train_missing and not sidecar(entry / "final.safetensors").exists():
+    if not train_missing and not finished(entry):
         raise UserError(
             f"no trained {regime} model in the cache at {entry}; pick a cached one (experiment, "
             "model.alpha, model.rho, data, seed, cache_dir as it was trained) or set "

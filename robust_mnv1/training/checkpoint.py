@@ -110,8 +110,13 @@ def cache_key(*parts: Any) -> str:
 def weights_digest(model: torch.nn.Module) -> str:
     """A short sha256 of ``model``'s state (names, dtypes, shapes, values), independent of device and
     memory format: run records carry it so that records of different weights are never combined."""
+    return state_digest(model.state_dict())
+
+
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """:func:`weights_digest` of a model whose ``state_dict()`` is ``state`` (as a checkpoint holds it)."""
     h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
+    for name, t in sorted(state.items()):
         flat = t.detach().to("cpu").contiguous().reshape(-1)
         h.update(f"{name}:{flat.dtype}:{tuple(t.shape)};".encode())
         h.update(flat.view(torch.uint8).numpy().tobytes())

@@ -140,6 +140,11 @@ def cudnn_autotuning(on: bool):
     )
 
 
+def finished(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a finished training run, which :func:`fit` loads instead of training."""
+    return sidecar(run_dir / "final.safetensors").exists()
+
+
 def _fit(
     model, train, test, tcfg, *, device, seed, run_dir, objective, desc, meta, on_epoch_end, cuda_graph
 ) -> dict[str, Any]:
@@ -147,7 +152,7 @@ def _fit(
     # channels_last on every device: 1.5-1.75x faster steps on CPU (bench/layout_bench.py; the GPU
     # figure is still to be measured). Attacks on the returned model inherit its layout.
     model.to(device, memory_format=torch.channels_last)
-    if sidecar(final).exists():
+    if finished(run_dir):
         state, done = load_checkpoint(final, device)
         load_state(model, state, final)
         require_meta(done, _FINAL_META, final)

@@ -61,6 +61,18 @@ def standard_key(cfg: DictConfig) -> str:
     return cache_key("standard", model, data_identity(cfg.data), train, cfg.seed)
 
 
+def finetuned_key(cfg: DictConfig, parent_key: str, parent_weights: str) -> str:
+    """The cache key of ``cfg.finetune`` applied to the standard model of key ``parent_key`` and weights
+    digest ``parent_weights``."""
+    fcfg = OmegaConf.to_container(cfg.finetune, resolve=True)
+    return cache_key("finetune", parent_key, parent_weights, fcfg, cfg.seed)
+
+
+def model_dir(cfg: DictConfig, name: str, regime: str, key: str) -> Path:
+    """The cache directory of model ``name`` trained in ``regime`` under cache key ``key``."""
+    return cache_root(cfg) / "models" / f"{name}-{regime}-{key}"
+
+
 def standard_model(cfg: DictConfig, dataset: Dataset, device: torch.device) -> tuple[torch.nn.Module, dict]:
     """The standard-trained model for ``cfg``: from the cache, or trained now and cached."""
     torch.manual_seed(cfg.seed)
@@ -73,7 +85,7 @@ def standard_model(cfg: DictConfig, dataset: Dataset, device: torch.device) -> t
         cfg.train,
         device=device,
         seed=cfg.seed,
-        run_dir=cache_root(cfg) / "models" / f"{model.name}-standard-{key}",
+        run_dir=model_dir(cfg, model.name, "standard", key),
         objective=cross_entropy_objective(cfg.train.label_smoothing),
         desc=f"{model.name} standard",
         meta={"key": key, "regime": "standard", "model": model.name, "data": dataset.label},
@@ -95,9 +107,7 @@ def finetuned_model(
     # The parent's weights, not just its recipe, name the fine-tuned model: a retrained parent (GPU
     # training is not bit-reproducible) must not be paired with a child of its predecessor.
     parent_weights = weights_digest(parent)
-    key = cache_key(
-        "finetune", parent_meta["key"], parent_weights, OmegaConf.to_container(fcfg, resolve=True), cfg.seed
-    )
+    key = finetuned_key(cfg, parent_meta["key"], parent_weights)
     meta = fit(
         model,
         dataset.train,
@@ -105,7 +115,7 @@ def finetuned_model(
         fcfg,
         device=device,
         seed=cfg.seed,
-        run_dir=cache_root(cfg) / "models" / f"{model.name}-{fcfg.regime}-{key}",
+        run_dir=model_dir(cfg, model.name, fcfg.regime, key),
         objective=make_objective(fcfg, cfg.seed),
         desc=f"{model.name} {fcfg.regime}",
         meta={
