@@ -172,6 +172,47 @@ def test_records_name_their_weights_and_a_record_of_other_weights_is_redone(smok
         assert redone["model"]["weights"] == by_key[(redone["model"]["name"], redone["regime"])]
 
 
+def test_records_of_models_the_cache_lacks_are_not_redone_unless_asked(smoke, tmp_path):
+    import shutil
+
+    root, _ = smoke
+    runs = tmp_path / "results" / "runs"
+    shutil.copytree(root / "results" / "runs", runs)
+    # A study cut off before its C&W records, resumed where the alpha=0.25 standard model and the
+    # alpha=0.5 fine-tune are gone (a new machine, a cleared cache). A complete unit needs no models.
+    for unfinished in ("0.25-32px__standard__cw__", "0.50-32px__pgd-at__cw__"):
+        next(runs.glob(f"*{unfinished}*")).unlink()
+    cache = tmp_path / "cache"
+    shutil.copytree(root / "cache", cache)
+    models = cache / "models"
+    for gone in (*models.glob("MobileNetV1-0.50-*-pgd-at-*"), *models.glob("MobileNetV1-0.25-*-standard-*")):
+        shutil.rmtree(gone)
+    before = {p.name: p.read_bytes() for p in runs.glob("*.json")}
+    args = [*FAST, f"results_dir={tmp_path}/results", f"hydra.run.dir={tmp_path}/out"]
+    proc = run_cli(*args, cache=cache)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "2 unit(s) have records made from models that" in lines[0]
+    # Without its standard model every record of alpha=0.25 is stranded (the fine-tune's parent changes).
+    assert "MobileNetV1-0.25-32px seed 0 (standard, pgd-at)" in lines[0]
+    assert "MobileNetV1-0.50-32px seed 0 (pgd-at)" in lines[0]
+    assert "study.retrain=true" in lines[0]
+    assert "epoch 1/" not in proc.stdout + proc.stderr, "it trained before refusing"
+    assert {p.name: p.read_bytes() for p in runs.glob("*.json")} == before
+
+    # Asked to, it retrains the missing fine-tune and writes the record it owed; records of other
+    # weights than the new model's would be redone (test above), the others are kept.
+    proc = run([*args, "study.retrain=true", "study.grid=[{alpha:0.5,rho:1.0}]"], cache)
+    assert "pgd-at epoch 1/" in proc.stdout + proc.stderr
+    assert list(models.glob("MobileNetV1-0.50-*-pgd-at-*/final.safetensors"))
+    after = {p.name: p.read_bytes() for p in runs.glob("*.json")}
+    (added,) = set(after) - set(before)
+    assert "0.50-32px__pgd-at__cw__" in added
+    changed = [name for name in before if before[name] != after[name]]
+    assert all("0.50-32px__pgd-at__" in name for name in changed), changed
+
+
 def test_parallel_joblib_sweep_leaves_consistent_records(smoke, tmp_path):
     root, _ = smoke
     results = tmp_path / "results"

@@ -140,6 +140,7 @@ SCHEMA: dict[str, Rule] = {
     "study.grid": Rule("null or a list of {alpha, rho} or {alpha, rho, seed} mappings", _is_grid),
     "study.jobs": COUNT,
     "study.evaluate": BOOL,
+    "study.retrain": BOOL,
     "model.alpha": number(0, 4, open_lo=True),
     "model.rho": number(0, 1, open_lo=True),
     "model.profile": choice(*BASE_RESOLUTION),

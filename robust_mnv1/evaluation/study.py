@@ -35,6 +35,7 @@ from robust_mnv1.evaluation import protocol as ev
 from robust_mnv1.evaluation.specs import APGDSpec, FGSMSpec, PGDSpec
 from robust_mnv1.infra.device import resolve_device
 from robust_mnv1.infra.envinfo import environment
+from robust_mnv1.infra.errors import UserError
 from robust_mnv1.infra.filelock import exclusive
 from robust_mnv1.infra.malloc import keep_freed_memory
 from robust_mnv1.infra.parent_watch import exit_with_parent
@@ -43,8 +44,16 @@ from robust_mnv1.records.run_record import DataInfo, ModelInfo, RunRecord, Sanit
 from robust_mnv1.records.schema import config_hash, make_run_id
 from robust_mnv1.records.store import parse_record, write_record
 from robust_mnv1.report.board import generate
-from robust_mnv1.training.checkpoint import weights_digest
-from robust_mnv1.training.model_cache import cache_root, finetuned_model, standard_model
+from robust_mnv1.training.checkpoint import load_checkpoint, state_digest, weights_digest
+from robust_mnv1.training.fit import finished
+from robust_mnv1.training.model_cache import (
+    cache_root,
+    finetuned_key,
+    finetuned_model,
+    model_dir,
+    standard_key,
+    standard_model,
+)
 
 # In the order a stage runs them: APGD attacks what FGSM and PGD left robust, so it comes after both.
 ATTACKS = ("fgsm", "pgd", "apgd", "cw")
@@ -158,6 +167,25 @@ class Unit:
         if standard is None:
             return False
         return self.agreed_weights(self.regimes[1], parent=standard or None) is not None
+
+    def stranded(self) -> list[str]:
+        """The regimes with records whose model the cache cannot give back, so that running the unit
+        trains it again and redoes those records (hours on a CPU). Empty for a complete unit, which is
+        skipped without loading its models."""
+        if self.complete():
+            return []
+        with_records = [r for r in self.regimes if any(self.record(r, a) for a in self.attacks)]
+        key = standard_key(self.cfg)
+        standard = model_dir(self.cfg, self.name, "standard", key)
+        if not finished(standard):
+            # A retrained standard model gives its fine-tune a new parent: every record is redone.
+            return with_records
+        tuned = self.regimes[1]
+        if tuned not in with_records:
+            return []
+        parent = state_digest(load_checkpoint(standard / "final.safetensors")[0])
+        tuned_dir = model_dir(self.cfg, self.name, tuned, finetuned_key(self.cfg, key, parent))
+        return [] if finished(tuned_dir) else [tuned]
 
     def run(self, evaluate: bool = True) -> None:
         """Train (or fetch) the unit's models and, with ``evaluate``, write the records it owes."""
@@ -335,12 +363,31 @@ def _run_units(
                 raise
 
 
+def refuse_retraining(units: list[Unit], cache: Path) -> None:
+    """A one-line :class:`UserError` when any unit's records were made from models ``cache`` lacks.
+
+    Such a unit would retrain its models and replace its records with those of the new weights: on a
+    CPU, hours of work that a restored cache makes unnecessary, so it is done only when asked for.
+    """
+    stranded = [
+        f"{u.name} seed {u.cfg.seed} ({', '.join(regimes)})" for u in units if (regimes := u.stranded())
+    ]
+    if stranded:
+        raise UserError(
+            f"{len(stranded)} unit(s) have records made from models that {cache / 'models'} does not hold: "
+            f"{'; '.join(stranded)}; running them would retrain those models and redo their records. "
+            "Restore the trained models (docs/offline-gpu.md, step 3), or set study.retrain=true"
+        )
+
+
 def study_task(cfg: DictConfig) -> float:
     device = resolve_device(cfg.device)
     # Decode the dataset once here, so that parallel workers only read the decoded cache.
     dataset = load_dataset(cfg.data, cache_root(cfg) / "data")
     results = Path(cfg.results_dir)
     units = unit_configs(cfg)
+    if cfg.study.evaluate and not cfg.study.retrain:
+        refuse_retraining([Unit(u, dataset, device, results / "runs") for u in units], cache_root(cfg))
     jobs = min(cfg.study.jobs, len(units))
     t0 = time.perf_counter()
     with logging_redirect_tqdm():  # log lines above the bars, not glued onto them
