@@ -10,9 +10,8 @@ from robust_mnv1.readme_findings import main as readme_findings
 
 from .conftest import REPO
 
-PUBLISHED = [
-    d for d in (REPO / "results", REPO / "results" / "cpu-preview") if list((d / "runs").glob("*.json"))
-]
+RESULTS = (REPO / "results", REPO / "results" / "cpu-preview", REPO / "results" / "cpu-preview" / "retrained")
+PUBLISHED = [d for d in RESULTS if list((d / "runs").glob("*.json"))]
 
 
 @pytest.mark.parametrize("results", PUBLISHED, ids=[d.name for d in PUBLISHED])
@@ -36,20 +35,19 @@ def test_readme_findings_match_generated_files():
     assert readme_findings(["--results", str(PUBLISHED[0]), "--readme", str(readme), "--check"]) == 0
 
 
-DEPLOYED = REPO / "results"
+DEPLOYED = [d for d in RESULTS if any(list((d / sub).glob("*.json")) for sub in ("deployed", "transfer"))]
 
 
-@pytest.mark.skipif(not list((DEPLOYED / "deployed").glob("*.json")), reason="no deployed records yet")
-def test_deployed_report_regenerates_byte_identically(tmp_path):
+@pytest.mark.parametrize("results", DEPLOYED, ids=[d.name for d in DEPLOYED])
+def test_deployed_report_regenerates_byte_identically(results, tmp_path):
     pytest.importorskip("onnxruntime")  # the report reads no ONNX, but its module sits with the exporter
     from robust_mnv1.edge.deployed_report import generate as deployed_report
 
     for inputs in ("deployed", "transfer"):
-        if (DEPLOYED / inputs).is_dir():
-            shutil.copytree(
-                DEPLOYED / inputs, tmp_path / inputs, ignore=shutil.ignore_patterns("*.csv", "*.png")
-            )
+        if (results / inputs).is_dir():
+            ignore = shutil.ignore_patterns("*.csv", "*.png")
+            shutil.copytree(results / inputs, tmp_path / inputs, ignore=ignore)
     written = deployed_report(tmp_path)
     for path in written:
-        published = DEPLOYED / path.relative_to(tmp_path)
+        published = results / path.relative_to(tmp_path)
         assert path.read_bytes() == published.read_bytes(), f"{published} is stale"
