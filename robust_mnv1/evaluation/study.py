@@ -8,7 +8,8 @@ skipped without loading its models. A unit that has to run redoes every record t
 evaluate the weights it has now. So a study killed at any point resumes where it stopped when the
 trained models come back from the checkpoint cache, and when they had to be retrained (a fresh
 GPU machine: its training is not bit-reproducible) the unit's old records are redone rather
-than mixed with records of other weights.
+than mixed with records of other weights. Retraining a model whose records exist is asked for
+(``study.retrain``): without it the study names such units and stops before any work.
 """
 
 from __future__ import annotations
