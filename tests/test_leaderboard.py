@@ -173,6 +173,29 @@ def test_seed_averaging():
     assert f"{100 * row['clean_acc']:.1f} ± {100 * row['clean_std']:.1f} [" in md
 
 
+def test_the_board_names_where_models_were_trained_and_rows_that_mix_it():
+    gpu = {"device": "NVIDIA H200", "precision": "bf16-autocast"}
+    cpu = {"device": "cpu (x86_64)", "precision": "fp32"}
+
+    def trained(r):
+        # Seed 2 of alpha 0.5 comes from the GPU, every other model from the CPU.
+        where = gpu if (r.model.alpha, r.seed) == (0.5, 2) else cpu
+        return replace(r, model=replace(r.model, trained_on=where))
+
+    records = [trained(r) for r in make_study(alphas=(0.5, 1.0), seeds=(0, 1, 2))]
+    md = render_markdown(records)
+    assert "- Models trained on: NVIDIA H200 (bf16-autocast); cpu (x86_64) (fp32)." in md
+    for regime in ("standard", "PGD-AT"):
+        assert (
+            f"- MobileNetV1-0.50-32px ({regime}): trained seeds 0, 1 on cpu (x86_64) (fp32); seed 2 on "
+            "NVIDIA H200 (bf16-autocast), so its spread over seeds includes the difference between those."
+        ) in md
+    assert "MobileNetV1-1.00-32px (standard): trained" not in md
+    # Records that do not say where their model was trained add neither line.
+    md = render_markdown(make_study(alphas=(0.5, 1.0), seeds=(0, 1, 2)))
+    assert "Models trained on" not in md and "): trained seed" not in md
+
+
 def test_the_board_concludes_on_a_planted_width_effect():
     # Robustness grows with width; on 2000 paired images the lightest vs the largest is a verdict.
     boards = analyse_all(make_study(n=2000))

@@ -175,6 +175,9 @@ def _protocol_lines(records: Sequence[RunRecord]) -> list[str]:
     lines.append(f"- Seeds: {', '.join(str(s) for s in sorted({r.seed for r in records}))}.")
     envs = [r.env for r in records]
     lines.append(f"- Hardware: {'; '.join(_distinct(e['device'] for e in envs))}.")
+    trained = _distinct(_trained_on(r) for r in records if r.model.trained_on)
+    if trained:
+        lines.append(f"- Models trained on: {'; '.join(trained)}.")
     libs = []
     for key, name in (
         ("torch", "torch"),
@@ -189,6 +192,33 @@ def _protocol_lines(records: Sequence[RunRecord]) -> list[str]:
     commits = _distinct(e["git_commit"] for e in envs)
     lines.append(f"- Git commit(s): {', '.join(f'`{c}`' for c in commits) if commits else 'unknown'}.")
     return lines
+
+
+def _trained_on(record: RunRecord) -> str:
+    """Where and in what precision the record's model was trained, as the board names it."""
+    info = record.model.trained_on or {}
+    device = info.get("device") or "an unrecorded device"
+    return f"{device} ({info['precision']})" if info.get("precision") else device
+
+
+def _mixed_training_notes(records: Sequence[RunRecord]) -> list[str]:
+    """A note per row whose seeds were trained on different hardware or in different precision:
+    its spread over seeds then measures that difference too, not only the training seed."""
+    rows: dict[tuple[str, str], dict[str, set[int]]] = {}
+    for r in records:
+        rows.setdefault((r.model.name, r.regime), {}).setdefault(_trained_on(r), set()).add(r.seed)
+    notes = []
+    for (name, regime), where in sorted(rows.items()):
+        if len(where) > 1:
+            parts = [
+                f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, sorted(seeds)))} on {device}"
+                for device, seeds in sorted(where.items(), key=lambda item: min(item[1]))
+            ]
+            notes.append(
+                f"- {name} ({REGIME_LABELS[regime]}): trained {'; '.join(parts)}, so its spread over "
+                "seeds includes the difference between those."
+            )
+    return notes
 
 
 def _worst_attacks(records: Sequence[RunRecord]) -> str:
@@ -242,6 +272,7 @@ def _reading_notes(rows: pd.DataFrame, records: Sequence[RunRecord], headline: H
                 else f"some seeds have no {missing} record yet; its worst case is over the seeds that do."
             )
         )
+    notes += _mixed_training_notes(records)
     cut = rows[rows[f"{col}_prefix"]]
     for _, r in cut.iterrows():
         notes.append(
