@@ -134,6 +134,7 @@ BAD = [
     ("study.jobs=1.5", "study.jobs must be an integer >= 1, got 1.5"),
     ("study.evaluate=maybe", "study.evaluate must be true or false, got 'maybe'"),
     ("study.retrain=maybe", "study.retrain must be true or false, got 'maybe'"),
+    ("study.order=costliest", "study.order must be one of grid, cheapest, got 'costliest'"),
     # top level, and keys that do not exist or went missing
     ("seed=-1", "seed must be an integer in [0, 4294967295], got -1"),
     ("seed=1.5", "seed must be an integer in [0, 4294967295], got 1.5"),

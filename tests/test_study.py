@@ -9,6 +9,7 @@ import torch
 
 from robust_mnv1.config.compose import compose_config
 from robust_mnv1.data import load_dataset
+from robust_mnv1.evaluation.study import cheapest_first, unit_configs
 from robust_mnv1.records.store import dumps_record, load_records, parse_record
 from robust_mnv1.records.validate import validate_record
 from robust_mnv1.training.model_cache import cache_root, finetuned_model, standard_model
@@ -107,16 +108,32 @@ def test_second_run_reuses_cached_models_and_records(smoke, tmp_path):
 
 def test_parallel_workers_reuse_the_cache_and_give_the_sequential_records(smoke, tmp_path):
     root, _ = smoke
-    out = run(
-        [*FAST, "study.jobs=2", f"results_dir={tmp_path}/results", f"hydra.run.dir={tmp_path}/out"],
-        root / "cache",
-    )
+    # In another order too: which unit starts first changes no record.
+    args = [*FAST, "study.jobs=2", "study.order=cheapest"]
+    out = run([*args, f"results_dir={tmp_path}/results", f"hydra.run.dir={tmp_path}/out"], root / "cache")
     assert "epoch 1/" not in out.stdout + out.stderr, "a cached model was retrained"
+    assert "units, cheapest first: 0.25/" in out.stdout + out.stderr
     a = {r.run_id: r for r in load_records(root / "results" / "runs")}
     b = load_records(tmp_path / "results" / "runs")
     assert sorted(r.run_id for r in b) == sorted(a)
     for r in b:
         assert (r.clean, r.eps_results) == (a[r.run_id].clean, a[r.run_id].eps_results)
+
+
+def test_cheapest_first_orders_the_study_by_mult_adds_then_seed():
+    cfg = compose_config(["experiment=study"])
+    units = cheapest_first(unit_configs(cfg), num_classes=10)
+    order = [(u.model.alpha, u.model.rho, u.seed) for u in units]
+    assert order[:6] == [
+        (0.25, 1.0, 0),
+        (0.25, 1.0, 1),
+        (0.25, 1.0, 2),
+        (0.5, 1.0, 0),
+        (0.5, 1.0, 1),
+        (0.5, 1.0, 2),
+    ]
+    assert order[6] == (1.0, 0.625, 0) and order[-2:] == [(1.0, 0.875, 0), (1.0, 1.0, 0)]
+    assert sorted(order) == sorted((p.alpha, p.rho, p.get("seed", 0)) for p in cfg.study.grid)
 
 
 def test_train_only_fills_the_cache_and_writes_no_records(tmp_path):

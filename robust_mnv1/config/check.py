@@ -141,6 +141,7 @@ SCHEMA: dict[str, Rule] = {
     "study.jobs": COUNT,
     "study.evaluate": BOOL,
     "study.retrain": BOOL,
+    "study.order": choice("grid", "cheapest"),
     "model.alpha": number(0, 4, open_lo=True),
     "model.rho": number(0, 1, open_lo=True),
     "model.profile": choice(*BASE_RESOLUTION),

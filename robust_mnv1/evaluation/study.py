@@ -41,6 +41,7 @@ from robust_mnv1.infra.filelock import exclusive
 from robust_mnv1.infra.malloc import keep_freed_memory
 from robust_mnv1.infra.parent_watch import exit_with_parent
 from robust_mnv1.infra.units import eps
+from robust_mnv1.models.spec import ModelSpec
 from robust_mnv1.records.run_record import DataInfo, ModelInfo, RunRecord, SanityResult
 from robust_mnv1.records.schema import config_hash, make_run_id
 from robust_mnv1.records.store import parse_record, write_record
@@ -95,6 +96,18 @@ def unit_configs(cfg: DictConfig) -> list[DictConfig]:
         unit.seed = point.get("seed", cfg.seed)
         units.append(unit)
     return units
+
+
+def cheapest_first(units: list[DictConfig], num_classes: int) -> list[DictConfig]:
+    """``units`` ordered by the mult-adds of their model's forward pass, which set the time of its
+    training and its attacks alike, then by seed."""
+
+    def cost(unit: DictConfig) -> tuple[int, int]:
+        m = unit.model
+        spec = ModelSpec(alpha=m.alpha, rho=m.rho, profile=m.profile, num_classes=num_classes)
+        return int(layer_costs(spec.build())["macs"].sum()), int(unit.seed)
+
+    return sorted(units, key=cost)
 
 
 @dataclass
@@ -340,9 +353,10 @@ def _run_units(
         for unit_cfg in tqdm(units, desc="study units", unit="model", leave=False):
             Unit(unit_cfg, dataset, device, results / "runs").run(evaluate=cfg.study.evaluate)
     else:
-        # Units run in worker processes, handed out in grid order as workers free up (so put the
-        # costly models first). Each unit is a different model, and the cache's per-model lock keeps
-        # two studies started side by side from training one model twice.
+        # Units run in worker processes, handed out in order as workers free up (with study.order=grid,
+        # put the costly models first so that the workers finish together). Each unit is a different
+        # model, and the cache's per-model lock keeps two studies started side by side from training
+        # one model twice.
         threads = max(1, torch.get_num_threads() // jobs) if device.type == "cpu" else None
         log.info("running %d units in %d worker processes (%s threads each)", len(units), jobs, threads)
         ctx = multiprocessing.get_context("spawn")
@@ -387,6 +401,11 @@ def study_task(cfg: DictConfig) -> float:
     dataset = load_dataset(cfg.data, cache_root(cfg) / "data")
     results = Path(cfg.results_dir)
     units = unit_configs(cfg)
+    if cfg.study.order == "cheapest":
+        units = cheapest_first(units, dataset.num_classes)
+        log.info(
+            "units, cheapest first: %s", ", ".join(f"{u.model.alpha}/{u.model.rho}/s{u.seed}" for u in units)
+        )
     if cfg.study.evaluate and not cfg.study.retrain:
         refuse_retraining([Unit(u, dataset, device, results / "runs") for u in units], cache_root(cfg))
     jobs = min(cfg.study.jobs, len(units))
