@@ -98,6 +98,11 @@ def unit_configs(cfg: DictConfig) -> list[DictConfig]:
     return units
 
 
+def unit_label(cfg: DictConfig) -> str:
+    """How the study's log names a unit: ``alpha/rho/sSEED``."""
+    return f"{cfg.model.alpha}/{cfg.model.rho}/s{cfg.seed}"
+
+
 def cheapest_first(units: list[DictConfig], num_classes: int) -> list[DictConfig]:
     """``units`` ordered by the mult-adds of their model's forward pass, which set the time of its
     training and its attacks alike, then by seed."""
@@ -342,7 +347,7 @@ def _worker(container: dict, device_name: str, threads: int | None, study_pid: i
     keep_freed_memory()  # a spawned worker is a fresh process: the CLI's allocator settings are not inherited
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     run_unit(cfg, device_name, threads)
-    return f"{cfg.model.alpha}/{cfg.model.rho}/s{cfg.seed}"
+    return unit_label(cfg)
 
 
 def _run_units(
@@ -403,9 +408,7 @@ def study_task(cfg: DictConfig) -> float:
     units = unit_configs(cfg)
     if cfg.study.order == "cheapest":
         units = cheapest_first(units, dataset.num_classes)
-        log.info(
-            "units, cheapest first: %s", ", ".join(f"{u.model.alpha}/{u.model.rho}/s{u.seed}" for u in units)
-        )
+        log.info("units, cheapest first: %s", ", ".join(map(unit_label, units)))
     if cfg.study.evaluate and not cfg.study.retrain:
         refuse_retraining([Unit(u, dataset, device, results / "runs") for u in units], cache_root(cfg))
     jobs = min(cfg.study.jobs, len(units))
