@@ -63,7 +63,7 @@ from study_bench import TEST_IMAGES, eval_inputs
 from robust_mnv1.config.compose import compose_config
 from robust_mnv1.config.spec import attack_spec
 from robust_mnv1.evaluation import protocol as ev
-from robust_mnv1.evaluation.study import unit_configs
+from robust_mnv1.evaluation.grid import unit_configs
 from robust_mnv1.infra.envinfo import cpu_name
 from robust_mnv1.infra.malloc import keep_freed_memory
 from robust_mnv1.infra.units import eps

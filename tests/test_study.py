@@ -9,7 +9,7 @@ import torch
 
 from robust_mnv1.config.compose import compose_config
 from robust_mnv1.data import load_dataset
-from robust_mnv1.evaluation.study import cheapest_first, unit_configs
+from robust_mnv1.evaluation.grid import cheapest_first, unit_configs
 from robust_mnv1.records.store import dumps_record, load_records, parse_record
 from robust_mnv1.records.validate import validate_record
 from robust_mnv1.training.model_cache import cache_root, finetuned_model, standard_model

@@ -54,8 +54,8 @@ from robust_mnv1.edge.record_fields import (
     record_config,
     regenerate,
 )
+from robust_mnv1.evaluation.grid import unit_configs
 from robust_mnv1.evaluation.protocol import eval_subset
-from robust_mnv1.evaluation.study import unit_configs
 from robust_mnv1.infra.device import resolve_device
 from robust_mnv1.infra.envinfo import environment
 from robust_mnv1.infra.errors import UserError

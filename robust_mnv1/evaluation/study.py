@@ -33,6 +33,7 @@ from robust_mnv1.config.spec import attack_spec, model_spec
 from robust_mnv1.cost import layer_costs
 from robust_mnv1.data import Dataset, load_dataset
 from robust_mnv1.evaluation import protocol as ev
+from robust_mnv1.evaluation.grid import cheapest_first, unit_configs, unit_label
 from robust_mnv1.evaluation.specs import APGDSpec, FGSMSpec, PGDSpec
 from robust_mnv1.infra.device import resolve_device
 from robust_mnv1.infra.envinfo import environment
@@ -41,7 +42,6 @@ from robust_mnv1.infra.filelock import exclusive
 from robust_mnv1.infra.malloc import keep_freed_memory
 from robust_mnv1.infra.parent_watch import exit_with_parent
 from robust_mnv1.infra.units import eps
-from robust_mnv1.models.spec import ModelSpec
 from robust_mnv1.records.run_record import DataInfo, ModelInfo, RunRecord, SanityResult
 from robust_mnv1.records.schema import config_hash, make_run_id
 from robust_mnv1.records.store import parse_record, write_record
@@ -79,40 +79,6 @@ def record_config(cfg: DictConfig, regime: str, attack: str) -> dict[str, Any]:
         out["finetune"] = full["finetune"]
     out["data"].pop("root", None)
     return out
-
-
-def unit_configs(cfg: DictConfig) -> list[DictConfig]:
-    """One config per model of the grid; without a grid, the single model of ``cfg.model``.
-
-    A grid point may name its own ``seed`` (another training run of the same architecture);
-    otherwise it takes ``cfg.seed``.
-    """
-    grid = cfg.study.grid or [{"alpha": cfg.model.alpha, "rho": cfg.model.rho}]
-    units = []
-    for point in grid:
-        unit = cfg.copy()
-        OmegaConf.set_struct(unit, False)
-        unit.model.alpha, unit.model.rho = point["alpha"], point["rho"]
-        unit.seed = point.get("seed", cfg.seed)
-        units.append(unit)
-    return units
-
-
-def unit_label(cfg: DictConfig) -> str:
-    """How the study's log names a unit: ``alpha/rho/sSEED``."""
-    return f"{cfg.model.alpha}/{cfg.model.rho}/s{cfg.seed}"
-
-
-def cheapest_first(units: list[DictConfig], num_classes: int) -> list[DictConfig]:
-    """``units`` ordered by the mult-adds of their model's forward pass, which set the time of its
-    training and its attacks alike, then by seed."""
-
-    def cost(unit: DictConfig) -> tuple[int, int]:
-        m = unit.model
-        spec = ModelSpec(alpha=m.alpha, rho=m.rho, profile=m.profile, num_classes=num_classes)
-        return int(layer_costs(spec.build())["macs"].sum()), int(unit.seed)
-
-    return sorted(units, key=cost)
 
 
 @dataclass
