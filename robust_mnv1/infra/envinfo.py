@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+_CODE_ROOT = Path(__file__).resolve().parents[1]
 _PACKAGES = {
     "torch": "torch",
     "torchvision": "torchvision",
@@ -38,21 +39,23 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def git_commit() -> str | None:
-    """The commit of the code, with ``-dirty`` when it has uncommitted changes.
+def git_commit(root: Path = _CODE_ROOT) -> str | None:
+    """The commit of the code in ``root``, with ``-dirty`` when the code has uncommitted changes.
+
+    ``results/`` does not count: a study run from a clean checkout writes its records and board
+    there, and those are the code's output, not a change to it.
 
     ``ROBUST_MNV1_GIT_COMMIT`` wins when set: a launching script that copies the code to another
     machine without its ``.git`` (docs/offline-gpu.md) knows the commit better than any ``.git`` there.
     """
     if os.environ.get("ROBUST_MNV1_GIT_COMMIT"):
         return os.environ["ROBUST_MNV1_GIT_COMMIT"]
-    root = Path(__file__).resolve().parents[1]
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results"],
             cwd=root,
             capture_output=True,
             text=True,
