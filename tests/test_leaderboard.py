@@ -27,6 +27,7 @@ from robust_mnv1.report.figures import FIGURES
 from robust_mnv1.report.markdown import render_markdown, table_header
 from robust_mnv1.report.outcomes import Headline, collect
 from robust_mnv1.report.table import build_table
+from robust_mnv1.report.timing import stage_times
 from robust_mnv1.report.verdict_text import verdict_lines
 from robust_mnv1.report.verdicts import analyse_all
 
@@ -325,6 +326,21 @@ def test_cli_timing_prints_each_models_stage_times_and_writes_nothing(tmp_path, 
     )
     assert row[5] == "—"  # no fine-tuning in a standard row
     assert row[header.index(f"{first.attack} s")] == f"{first.timing['eval_s']:.0f}"
+
+
+def test_timing_gives_each_row_the_largest_peak_its_records_measured(study):
+    assert "peak RSS MiB" not in stage_times(study)  # no record measured it
+    first = next(r for r in study if r.regime == "standard")
+    key = (first.model.name, first.seed, "standard")
+    twins = [r for r in study if (r.model.name, r.seed, r.regime) == key]
+    assert len(twins) > 1
+    peaks = {r.run_id: 1000.0 + 10 * i for i, r in enumerate(twins)}
+    measured = [replace(r, memory={"peak_rss_mib": peaks[r.run_id]}) if r in twins else r for r in study]
+    table = stage_times(measured)
+    row = table[(table["model"] == key[0]) & (table["seed"] == key[1]) & (table["regime"] == key[2])]
+    assert row["peak RSS MiB"].item() == max(peaks.values())
+    assert list(table.columns[-2:]) == ["peak RSS MiB", "evaluated on"]
+    assert table["peak RSS MiB"].isna().sum() == len(table) - 1  # rows without a measurement show a dash
 
 
 def test_cli_empty_dir_is_a_one_line_error(tmp_path, capsys):

@@ -85,6 +85,14 @@ def test_typed_records_round_trip_their_json(study):
         assert RunRecord.from_dict(record.to_dict()) == record
 
 
+def test_peak_memory_is_optional_and_round_trips(pgd):
+    assert "memory" not in pgd  # records made before it was measured stay valid as they are
+    pgd["memory"] = {"peak_rss_mib": 2048.5, "peak_cuda_mib": 900.0}
+    record = RunRecord.from_dict(pgd)
+    assert record.memory == {"peak_rss_mib": 2048.5, "peak_cuda_mib": 900.0}
+    assert record.to_dict() == pgd
+
+
 def test_committed_records_round_trip_byte_for_byte():
     """Every committed record loads into the typed classes and writes back as the same bytes."""
     paths = [*RESULTS.glob("runs/*.json"), *RESULTS.glob("*/runs/*.json")]
@@ -160,6 +168,9 @@ def test_missing_field_is_named(pgd, path):
         ("cw", {"n": 1}, "cw"),
         ("sanity.passed", "yes", "sanity.passed"),
         ("timing.eval_s", -1.0, "timing.eval_s"),
+        ("memory", {"peak_rss_mib": -1.0}, "memory.peak_rss_mib"),
+        ("memory", {"peak_rss_mib": "2 GB"}, "memory.peak_rss_mib"),
+        ("memory", [2048.0], "memory"),
         ("model.params", 1.5, "model.params"),
         ("model.weights", "not-a-digest", "model.weights"),
         ("model.parent_weights", "ABCDEF0123456789", "model.parent_weights"),

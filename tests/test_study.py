@@ -1,6 +1,7 @@
 """The study end to end on digits: records, leaderboard, model cache, resume, parallel sweeps."""
 
 import re
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -70,6 +71,9 @@ def test_smoke_writes_records_and_leaderboard(smoke):
     for cw in (r.cw for r in records if r.attack == "cw"):
         assert len(cw.l2_per_image) == cw.n_clean_correct > 0
     assert pgd.model.macs > 0 and pgd.latency_ms_cpu_b1 > 0
+    if sys.platform == "linux":
+        # The worker held at least the interpreter, torch and the data while the unit ran.
+        assert all(r.memory["peak_rss_mib"] > 100 for r in records)
     assert pgd.env["torch"] == torch.__version__.split("+")[0] or pgd.env["torch"].startswith(
         torch.__version__[:4]
     )

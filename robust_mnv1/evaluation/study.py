@@ -41,6 +41,7 @@ from robust_mnv1.infra.errors import UserError
 from robust_mnv1.infra.filelock import exclusive
 from robust_mnv1.infra.malloc import keep_freed_memory
 from robust_mnv1.infra.parent_watch import exit_with_parent
+from robust_mnv1.infra.peak_memory import peaks_mib, reset_peaks
 from robust_mnv1.infra.units import eps
 from robust_mnv1.records.run_record import DataInfo, ModelInfo, RunRecord, SanityResult
 from robust_mnv1.records.schema import config_hash, make_run_id
@@ -178,6 +179,7 @@ class Unit:
             log.info("%s seed %d: every record is done, skipping", self.name, self.cfg.seed)
             return
         cfg, device = self.cfg, self.device
+        reset_peaks(device)  # a worker runs units one after another: each record names its own unit's peak
         model, meta = standard_model(cfg, self.dataset, device)
         std_weights = weights_digest(model)
         stages = {"standard": (model, meta, std_weights)}
@@ -279,6 +281,7 @@ class Unit:
             latency_ms_cpu_b1=stage.latency,
             env=environment(device),
             created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            memory=peaks_mib(device),
         )
         write_record(record, self.runs_dir)
         log.info(

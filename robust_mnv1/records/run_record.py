@@ -221,6 +221,9 @@ class RunRecord:
     env: Mapping[str, str | None]
     created: str
     schema_version: int = SCHEMA_VERSION
+    # Peak memory (MiB) of the process while the record's unit ran, up to the record: ``peak_rss_mib``,
+    # ``peak_cuda_mib`` on CUDA. Records made before it was measured have none.
+    memory: Mapping[str, float] | None = None
 
     @property
     def eval_order(self) -> str:
@@ -261,6 +264,7 @@ class RunRecord:
             env=d["env"],
             created=d["created"],
             schema_version=d["schema_version"],
+            memory=d.get("memory"),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -283,4 +287,5 @@ class RunRecord:
             "latency_ms_cpu_b1": self.latency_ms_cpu_b1,
             "env": dict(self.env),
             "created": self.created,
+            **({} if self.memory is None else {"memory": dict(self.memory)}),
         }

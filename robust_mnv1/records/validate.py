@@ -318,6 +318,10 @@ def validate_record(d: Mapping[str, Any]) -> None:
     for key in timing:
         _num(timing, key, "timing.", lo=0.0)
     _num(d, "latency_ms_cpu_b1", lo=0.0, nullable=True)
+    if "memory" in d:
+        memory = _mapping(d, "memory")
+        for key in memory:
+            _num(memory, key, "memory.", lo=0.0)
     _validate_env(d)
     created = _str(d, "created")
     try:

@@ -17,12 +17,14 @@ from robust_mnv1.records.run_record import RunRecord
 from robust_mnv1.records.schema import ATTACKS
 
 COLUMNS = ("model", "seed", "regime", "trained on", "train s", "finetune s")
+# A record's peak covers its unit up to that record, so a row's peak is the largest of its records'.
+PEAKS = {"peak_rss_mib": "peak RSS MiB", "peak_cuda_mib": "peak CUDA MiB"}
 
 
 def stage_times(records: Iterable[RunRecord]) -> pd.DataFrame:
     """One row per (model, seed, regime): training seconds, and each attack family's evaluation seconds
-    (its record's ``eval_s``, with the sanity checks' ``sanity_s`` where that record ran them), plus the
-    device each record was evaluated on."""
+    (its record's ``eval_s``, with the sanity checks' ``sanity_s`` where that record ran them), the peak
+    memory of the unit's process where records measured it, plus the device each record was evaluated on."""
     rows: dict[tuple[Any, ...], dict[str, Any]] = {}
     for r in records:
         key = (r.data.key, r.model.macs, r.model.name, r.seed, r.regime)
@@ -41,10 +43,14 @@ def stage_times(records: Iterable[RunRecord]) -> pd.DataFrame:
         )
         row[f"{r.attack} s"] = round(t["eval_s"] + t.get("sanity_s", 0.0))
         row["evaluated on"].add(r.env.get("cpu") or r.env["device"])
+        for key, column in PEAKS.items():
+            if key in (r.memory or {}):
+                row[column] = max(row.get(column, 0.0), r.memory[key])
     ordered = [rows[k] for k in sorted(rows, key=lambda k: (*k[:4], k[4] != "standard", k[4]))]
     table = pd.DataFrame([{**row, "evaluated on": ", ".join(sorted(row["evaluated on"]))} for row in ordered])
     attacks = [f"{a} s" for a in ATTACKS if f"{a} s" in table]
-    return table[[*COLUMNS, *attacks, "evaluated on"]] if len(table) else table
+    peaks = [c for c in PEAKS.values() if c in table]
+    return table[[*COLUMNS, *attacks, *peaks, "evaluated on"]] if len(table) else table
 
 
 def markdown(table: pd.DataFrame) -> str:
