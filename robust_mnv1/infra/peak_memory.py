@@ -4,7 +4,8 @@ The resident peak is Linux's ``VmHWM``, which ``/proc/self/clear_refs`` can rese
 worker process that runs several units one after another can give each its own peak. The reset sets the
 peak to what the process holds at that moment, and that includes the memory glibc keeps from earlier
 units (``infra/malloc.py``): the figure is what the process needed while the unit ran, the number that
-decides how many workers fit on a machine. Where there is no ``/proc`` the resident peak is left out.
+decides how many workers fit on a machine. Where the reset is not allowed the peak is the process's
+since it started, an upper bound; where there is no ``/proc`` the resident peak is left out.
 """
 
 from __future__ import annotations
