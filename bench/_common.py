@@ -28,6 +28,7 @@ from robust_mnv1.data import Split
 from robust_mnv1.infra.device import resolve_device
 from robust_mnv1.infra.errors import UserError
 from robust_mnv1.infra.malloc import keep_freed_memory
+from robust_mnv1.infra.peak_memory import reset_peaks
 from robust_mnv1.training.fit import Objective, cudnn_autotuning, fit
 
 IMAGE_SIZE = 32
@@ -108,17 +109,11 @@ def reset_peak_memory(device: torch.device) -> bool:
     """Start a new peak-memory window; returns False where the CPU peak cannot be reset.
 
     ``getrusage``'s peak RSS only ever grows, but on Linux writing 5 to ``/proc/self/clear_refs``
-    resets it to the current RSS, so each measurement gets its own peak rather than the process's.
+    resets it to the current RSS (:func:`robust_mnv1.infra.peak_memory.reset_peaks`, which the study
+    uses too), so each measurement gets its own peak rather than the process's.
     """
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return True
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-    except OSError:
-        return False
-    return True
+    resident = reset_peaks(device)
+    return device.type == "cuda" or resident
 
 
 def peak_memory_mib(device: torch.device) -> float:

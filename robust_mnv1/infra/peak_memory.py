@@ -10,7 +10,6 @@ since it started, an upper bound; where there is no ``/proc`` the resident peak 
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import torch
@@ -18,12 +17,16 @@ import torch
 _PROC = Path("/proc/self")
 
 
-def reset_peaks(device: torch.device) -> None:
-    """Start the peaks afresh, from what the process holds now."""
-    with contextlib.suppress(OSError):  # no /proc: there is no resident peak to reset or report
-        (_PROC / "clear_refs").write_text("5")
+def reset_peaks(device: torch.device) -> bool:
+    """Start the peaks afresh, from what the process holds now; False where the resident peak could not be
+    reset (no ``/proc``, or a kernel that refuses), so that it still counts from the process's start."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    try:
+        (_PROC / "clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
 
 
 def peaks_mib(device: torch.device) -> dict[str, float]:
