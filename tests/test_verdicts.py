@@ -94,3 +94,29 @@ def test_a_model_without_a_metric_is_left_out_of_that_comparison_only():
     assert pgd2 and all("α = 1" not in (t.a, t.b) for t in pgd2)
     assert any(t.b == "α = 1" for t in board.tests if t.metric.key == "robust_worst8")
     assert any("without MobileNetV1-1.00-32px" in s for s in board.skipped)
+
+
+def test_a_saturated_metric_is_reported_but_not_tested():
+    study = synthetic_study(effect=0.05)
+    for o in study:  # every model broken on every image at 8/255, as standard models are
+        o.robust["worst8"] = np.zeros_like(o.correct)
+    board = analyse(study, "synthetic")
+    assert {t.metric.key for t in board.tests} == {"fool_pgd2", "cw"}
+    # Holm's correction counts only the tests that could conclude.
+    assert [t.p_holm for t in board.tests] == pytest.approx(holm([t.p for t in board.tests]).tolist())
+    lines = verdict_lines(board)
+    worst = [line for line in lines if "worst-case@8/255" in line]
+    assert len(lines) == 4 and len(worst) == 2
+    assert "every model is fooled on every image it classifies correctly" in worst[0]
+    assert "no model keeps a single image robust" in worst[1]
+    assert all("saturated, not tested" in line for line in worst)
+    # One image kept robust by one model is enough to test again.
+    study[0].robust["worst8"] = study[0].correct & (
+        np.arange(len(study[0].correct)) == np.argmax(study[0].correct)
+    )
+    assert {t.metric.key for t in analyse(study, "synthetic").tests} == {
+        "fool_pgd2",
+        "fool_worst8",
+        "robust_worst8",
+        "cw",
+    }

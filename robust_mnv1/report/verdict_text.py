@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from robust_mnv1.report.metric_stats import N_BOOT, Metric
-from robust_mnv1.report.verdicts import ALPHA, REGIME_LABELS, Board, Series, Test
+from robust_mnv1.report.verdicts import ALPHA, REGIME_LABELS, Board, Series, SeriesStats, Test
 
 RULE = (
     "A comparison concludes when its Holm-adjusted p < {alpha} (over all {m} tests of this board), its "
@@ -15,7 +15,8 @@ RULE = (
     "on x = log2 MACs). Pairs are tested on the same images: McNemar's exact test on per-image outcomes "
     "(for fooling rates, on the images both models classify correctly) and, for C&W, the sign test on "
     "per-image log-ratios of the minimal L2 distances. CIs resample images ({n_boot} draws) with one "
-    "index set shared by all models. Comparisons use each model's lowest seed."
+    "index set shared by all models. Comparisons use each model's lowest seed. A metric at which every "
+    "model of a series is at 0% or at 100% is saturated and not tested: no image tells the models apart."
 )
 
 
@@ -103,12 +104,30 @@ def verdict_line(series: Series, metric: Metric, tests: list[Test]) -> str:
     return f"{head}{body}; {_noise_note(trend)}."
 
 
+def saturated_line(stats: SeriesStats) -> str:
+    """The line of a metric that no image can separate along the series (no tests were run)."""
+    m, at_top = stats.metric, stats.values[0] > 50.0
+    if m.kind == "robust":
+        what = "every model keeps every image robust" if at_top else "no model keeps a single image robust"
+    else:
+        what = (
+            "every model is fooled on every image it classifies correctly"
+            if at_top
+            else "no model is fooled on any image it classifies correctly"
+        )
+    n = len(stats.models[0].robust[m.point])
+    return (
+        f"{_regime(stats.series)}, {stats.series.label}, {m.label}: saturated, not tested: {what} "
+        f"(of {n} test images), so this metric cannot rank them."
+    )
+
+
 def verdict_lines(board: Board) -> list[str]:
     lines = []
     for s in board.series:
         for stats in (st for st in board.stats if st.series == s):
             tests = [t for t in board.tests if t.series == s and t.metric == stats.metric]
-            lines.append(verdict_line(s, stats.metric, tests))
+            lines.append(verdict_line(s, stats.metric, tests) if tests else saturated_line(stats))
     return lines
 
 

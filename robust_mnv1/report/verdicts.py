@@ -166,13 +166,31 @@ class SeriesStats:
     cis: tuple[tuple[float, float], ...]
 
 
+def saturated(metric: Metric, models: Sequence[Outcomes]) -> bool:
+    """Every model at 0% or every model at 100% of a binary metric (no image robust, or every correctly
+    classified image fooled): no image, and so no resample of them, can tell the models apart, and
+    their tests could never conclude."""
+    if metric.kind == "cw":
+        return False
+    if metric.kind == "robust":
+        hits = [o.robust[metric.point] for o in models]
+    else:
+        hits = [o.fooled(metric.point)[o.correct] for o in models]
+    return all(h.all() for h in hits) or not any(h.any() for h in hits)
+
+
 def series_tests(series: Series, metric: Metric, spreads: Sequence[Spread]):
     """(SeriesStats, tests) of one metric along the models of a series that have it (a study still
-    running lacks some); None when fewer than two have it or they were not evaluated on the same images."""
+    running lacks some); None when fewer than two have it or they were not evaluated on the same images.
+    A :func:`saturated` metric has no tests: counting them in Holm's correction would only make the
+    informative tests of the board harder to pass."""
     models = tuple(o for o in series.models if available(metric, o))
     if len(models) < 2 or len({n_images(metric, o) for o in models}) != 1:
         return None
     values, draws, pairs = cw_stats(models) if metric.kind == "cw" else binary_stats(metric, models)
+    stats = SeriesStats(series, metric, models, tuple(values), tuple(interval(d) for d in draws))
+    if saturated(metric, models):
+        return stats, []
     sd = pooled_sd(spreads, series.data_key, series.regime, metric)
     tests = []
     for (i, j), (est, d, p, size) in pairs.items():
@@ -214,7 +232,6 @@ def series_tests(series: Series, metric: Metric, spreads: Sequence[Spread]):
             noise,
         )
     )
-    stats = SeriesStats(series, metric, models, tuple(values), tuple(interval(d) for d in draws))
     return stats, tests
 
 
