@@ -4,7 +4,7 @@ Reads ``DIR/runs/*.json`` (and ``DIR/profiles/*.json``) and writes ``DIR/leaderb
 ``DIR/leaderboard.csv`` and ``DIR/figures/*.png`` through :func:`generate`
 (:mod:`robust_mnv1.report.board`), printing the written paths; a problem with the records is one
 ``error:`` line and exit status 1. ``--timing`` writes nothing and prints where the records' time went
-(:mod:`robust_mnv1.report.timing`) as a markdown table.
+(:mod:`robust_mnv1.report.timing`) as a markdown table, then the worker hours of each stage per device.
 """
 
 from __future__ import annotations
@@ -45,7 +45,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         records, invalid = read_records(args.results / "runs")
         for path, reason in invalid:
             print(f"warning: skipping record {path}: {reason}", file=sys.stderr)
-        print(timing.markdown(timing.stage_times(records)), end="")
+        table = timing.stage_times(records)
+        print(timing.markdown(table), end="")
+        if len(table):
+            print("\n" + timing.markdown(timing.totals(table), digits=2), end="")
         return 0
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

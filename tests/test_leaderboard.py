@@ -27,7 +27,7 @@ from robust_mnv1.report.figures import FIGURES
 from robust_mnv1.report.markdown import render_markdown, table_header
 from robust_mnv1.report.outcomes import Headline, collect
 from robust_mnv1.report.table import build_table
-from robust_mnv1.report.timing import stage_times
+from robust_mnv1.report.timing import stage_times, totals
 from robust_mnv1.report.verdict_text import verdict_lines
 from robust_mnv1.report.verdicts import analyse_all
 
@@ -311,7 +311,9 @@ def test_cli_timing_prints_each_models_stage_times_and_writes_nothing(tmp_path, 
     before = sorted(p.name for p in tmp_path.rglob("*"))
     assert lb.main(["--results", str(tmp_path), "--timing"]) == 0
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
-    lines = capsys.readouterr().out.splitlines()
+    lines, totals = capsys.readouterr().out.split("\n\n")
+    lines = lines.splitlines()
+    assert totals.splitlines()[0] == "| stage | device | worker hours |"
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     families = sorted({r.attack for r in study}, key=["fgsm", "pgd", "apgd", "cw"].index)
     assert header == ["model", "seed", "regime", "trained on", "train s", "finetune s"] + [
@@ -341,6 +343,18 @@ def test_timing_gives_each_row_the_largest_peak_its_records_measured(study):
     assert row["peak RSS MiB"].item() == max(peaks.values())
     assert list(table.columns[-2:]) == ["peak RSS MiB", "evaluated on"]
     assert table["peak RSS MiB"].isna().sum() == len(table) - 1  # rows without a measurement show a dash
+
+
+def test_timing_totals_count_each_models_training_once(study):
+    table = stage_times(study)
+    hours = totals(table).set_index("stage")["worker hours"]
+    trained = {(r.model.name, r.seed): r.timing["train_s"] for r in study}
+    tuned = {(r.model.name, r.seed): r.timing["finetune_s"] for r in study if r.regime != "standard"}
+    evaluated = sum(r.timing["eval_s"] + r.timing.get("sanity_s", 0.0) for r in study)
+    # The table rounds each stage to whole seconds.
+    assert hours["training"] * 3600 == pytest.approx(sum(trained.values()), abs=len(trained))
+    assert hours["fine-tuning"] * 3600 == pytest.approx(sum(tuned.values()), abs=len(tuned))
+    assert hours["evaluation"] * 3600 == pytest.approx(evaluated, abs=len(study))
 
 
 def test_cli_empty_dir_is_a_one_line_error(tmp_path, capsys):

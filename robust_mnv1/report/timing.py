@@ -53,13 +53,33 @@ def stage_times(records: Iterable[RunRecord]) -> pd.DataFrame:
     return table[[*COLUMNS, *attacks, *peaks, "evaluated on"]] if len(table) else table
 
 
-def markdown(table: pd.DataFrame) -> str:
-    """The table as GitHub markdown; a missing stage is a dash."""
+def totals(table: pd.DataFrame) -> pd.DataFrame:
+    """Hours of one worker per stage and device, summed over a :func:`stage_times` table: training once
+    per (model, seed) (its standard and fine-tuned rows share it), fine-tuning per fine-tuned row, and
+    every attack family's evaluation. What a study cost in compute, whatever its wall time was."""
+    attacks = [c for c in table.columns if c.endswith(" s") and c not in ("train s", "finetune s")]
+    trained = table.drop_duplicates(["model", "seed"])
+    parts = [
+        ("training", trained.groupby("trained on")["train s"].sum()),
+        ("fine-tuning", table.groupby("trained on")["finetune s"].sum()),
+        ("evaluation", table[attacks].sum(axis=1).groupby(table["evaluated on"]).sum()),
+    ]
+    rows = [
+        {"stage": stage, "device": device, "worker hours": seconds / 3600}
+        for stage, per_device in parts
+        for device, seconds in per_device.items()
+        if seconds > 0
+    ]
+    return pd.DataFrame(rows, columns=["stage", "device", "worker hours"])
+
+
+def markdown(table: pd.DataFrame, digits: int = 0) -> str:
+    """The table as GitHub markdown, numbers to ``digits`` decimals; a missing stage is a dash."""
     if not len(table):
         return "no records\n"
     lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
     for row in table.itertuples(index=False):
         # Seconds are whole numbers; pandas holds a column with gaps as floats.
-        cells = ["—" if pd.isna(v) else f"{v:.0f}" if isinstance(v, float) else str(v) for v in row]
+        cells = ["—" if pd.isna(v) else f"{v:.{digits}f}" if isinstance(v, float) else str(v) for v in row]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
