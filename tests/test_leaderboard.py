@@ -174,6 +174,20 @@ def test_seed_averaging():
     assert f"{100 * row['clean_acc']:.1f} ± {100 * row['clean_std']:.1f} [" in md
 
 
+def test_latency_is_the_least_over_the_architectures_records():
+    records = make_study(alphas=(0.5, 1.0), seeds=(0, 1))
+    slowed = [
+        replace(r, latency_ms_cpu_b1=r.model.alpha * 10 + (r.seed + 1) * (2 if r.regime == "standard" else 1))
+        for r in records
+    ]
+    table = build_table(slowed)
+    for alpha in (0.5, 1.0):
+        # The fine-tuned seed 0 ran quietest: both rows of the architecture show its figure.
+        assert {_row(table, alpha, regime)["latency_ms"] for regime in ("standard", "pgd-at")} == {
+            alpha * 10 + 1
+        }
+
+
 def test_the_board_names_where_models_were_trained_and_rows_that_mix_it():
     gpu = {"device": "NVIDIA H200", "precision": "bf16-autocast"}
     cpu = {"device": "cpu (x86_64)", "precision": "fp32"}

@@ -252,7 +252,9 @@ def _reading_notes(rows: pd.DataFrame, records: Sequence[RunRecord], headline: H
         "from the record; with several seeds, a bootstrap of the seeds' mean median from their per-image "
         "distances (the envelope of the per-seed CIs for records without them).",
         f"- Ranked by {worst}, then clean accuracy, then model name and regime.",
-        "- latency: median wall time of a batch-1 forward on one thread of the study host's CPU ("
+        "- latency: median wall time of a batch-1 forward on one thread, the least over the records of the "
+        "architecture (both regimes, every seed: weights do not change the cost, other processes only add "
+        "time, so a model's two rows show one figure), on the study host's CPU ("
         + ("; ".join(_distinct(r.env.get("cpu") for r in records)) or "not recorded")
         + ")"
         + (
