@@ -332,7 +332,7 @@ def test_cli_timing_prints_each_models_stage_times_and_writes_nothing(tmp_path, 
     families = sorted({r.attack for r in study}, key=["fgsm", "pgd", "apgd", "cw"].index)
     assert header == ["model", "seed", "regime", "trained on", "train s", "finetune s"] + [
         f"{a} s" for a in families
-    ] + ["evaluated on"]
+    ] + ["sanity s", "evaluated on"]
     assert len(lines) - 2 == len({(r.model.name, r.seed, r.regime) for r in study})
     first = next(r for r in study if r.regime == "standard")
     row = next(
@@ -364,11 +364,29 @@ def test_timing_totals_count_each_models_training_once(study):
     hours = totals(table).set_index("stage")["worker hours"]
     trained = {(r.model.name, r.seed): r.timing["train_s"] for r in study}
     tuned = {(r.model.name, r.seed): r.timing["finetune_s"] for r in study if r.regime != "standard"}
-    evaluated = sum(r.timing["eval_s"] + r.timing.get("sanity_s", 0.0) for r in study)
+    evaluated = sum(r.timing["eval_s"] for r in study)
     # The table rounds each stage to whole seconds.
     assert hours["training"] * 3600 == pytest.approx(sum(trained.values()), abs=len(trained))
     assert hours["fine-tuning"] * 3600 == pytest.approx(sum(tuned.values()), abs=len(tuned))
     assert hours["evaluation"] * 3600 == pytest.approx(evaluated, abs=len(study))
+
+
+def test_timing_counts_each_run_of_the_sanity_checks_once(study):
+    first = next(r for r in study if r.regime == "standard")
+    key = (first.model.name, first.seed, "standard")
+    twins = [r for r in study if (r.model.name, r.seed, r.regime) == key]
+    assert len(twins) > 2
+    # One run wrote all but the last record and repeats its sanity time in each; a later run wrote the last.
+    ran = {r.run_id: 7.0 if r is twins[-1] else 10.0 for r in twins}
+    timed = [replace(r, timing={**r.timing, "sanity_s": ran[r.run_id]}) if r in twins else r for r in study]
+    table = stage_times(timed)
+    row = table[(table["model"] == key[0]) & (table["seed"] == key[1]) & (table["regime"] == key[2])]
+    assert row["sanity s"].item() == 17
+    assert (table["sanity s"] == 0).sum() == len(table) - 1
+    evaluated = sum(r.timing["eval_s"] for r in timed) + 17
+    assert totals(table).set_index("stage")["worker hours"]["evaluation"] * 3600 == pytest.approx(
+        evaluated, abs=len(timed)
+    )
 
 
 def test_cli_empty_dir_is_a_one_line_error(tmp_path, capsys):

@@ -22,9 +22,11 @@ PEAKS = {"peak_rss_mib": "peak RSS MiB", "peak_cuda_mib": "peak CUDA MiB"}
 
 
 def stage_times(records: Iterable[RunRecord]) -> pd.DataFrame:
-    """One row per (model, seed, regime): training seconds, and each attack family's evaluation seconds
-    (its record's ``eval_s``, with the sanity checks' ``sanity_s`` where that record ran them), the peak
-    memory of the unit's process where records measured it, plus the device each record was evaluated on."""
+    """One row per (model, seed, regime): training seconds, each attack family's evaluation seconds (its
+    record's ``eval_s``), the sanity checks' seconds, the peak memory of the unit's process where
+    records measured it, plus the device each record was evaluated on. The sanity checks run once per
+    model in each run that evaluates it, and every record that run writes repeats their ``sanity_s``:
+    a row counts each distinct figure once."""
     rows: dict[tuple[Any, ...], dict[str, Any]] = {}
     for r in records:
         key = (r.data.key, r.model.macs, r.model.name, r.seed, r.regime)
@@ -39,24 +41,36 @@ def stage_times(records: Iterable[RunRecord]) -> pd.DataFrame:
                 "train s": round(t["train_s"]),
                 "finetune s": round(t["finetune_s"]) if r.regime != "standard" else None,
                 "evaluated on": set(),
+                "sanity": set(),
             },
         )
-        row[f"{r.attack} s"] = round(t["eval_s"] + t.get("sanity_s", 0.0))
+        row[f"{r.attack} s"] = round(t["eval_s"])
+        row["sanity"].add(t.get("sanity_s", 0.0))
         row["evaluated on"].add(r.env.get("cpu") or r.env["device"])
         for key, column in PEAKS.items():
             if key in (r.memory or {}):
                 row[column] = max(row.get(column, 0.0), r.memory[key])
     ordered = [rows[k] for k in sorted(rows, key=lambda k: (*k[:4], k[4] != "standard", k[4]))]
-    table = pd.DataFrame([{**row, "evaluated on": ", ".join(sorted(row["evaluated on"]))} for row in ordered])
+    table = pd.DataFrame(
+        [
+            {
+                **row,
+                "sanity s": round(sum(row["sanity"])),
+                "evaluated on": ", ".join(sorted(row["evaluated on"])),
+            }
+            for row in ordered
+        ]
+    )
     attacks = [f"{a} s" for a in ATTACKS if f"{a} s" in table]
     peaks = [c for c in PEAKS.values() if c in table]
-    return table[[*COLUMNS, *attacks, *peaks, "evaluated on"]] if len(table) else table
+    return table[[*COLUMNS, *attacks, "sanity s", *peaks, "evaluated on"]] if len(table) else table
 
 
 def totals(table: pd.DataFrame) -> pd.DataFrame:
     """Hours of one worker per stage and device, summed over a :func:`stage_times` table: training once
     per (model, seed) (its standard and fine-tuned rows share it), fine-tuning per fine-tuned row, and
-    every attack family's evaluation. What a study cost in compute, whatever its wall time was."""
+    every attack family's evaluation with the sanity checks. What a study cost in compute, whatever its
+    wall time was."""
     attacks = [c for c in table.columns if c.endswith(" s") and c not in ("train s", "finetune s")]
     trained = table.drop_duplicates(["model", "seed"])
     parts = [
