@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from matplotlib.figure import Figure
 
 # tests/ may be run as a package (tests/__init__.py) or as plain modules on sys.path.
 try:
@@ -23,7 +24,7 @@ from robust_mnv1.infra.errors import UserError
 from robust_mnv1.records.intervals import wilson_ci
 from robust_mnv1.records.schema import decode_mask
 from robust_mnv1.report.board import generate
-from robust_mnv1.report.figures import FIGURES
+from robust_mnv1.report.figures import FIGURES, _percent_window
 from robust_mnv1.report.markdown import render_markdown, table_header
 from robust_mnv1.report.outcomes import Headline, collect
 from robust_mnv1.report.table import build_table
@@ -504,3 +505,18 @@ def test_records_of_two_headline_radii_cannot_share_a_board():
     mixed = records[:1] + _at_headline(records[1:], 4)
     with pytest.raises(UserError, match=r"different eval\.headline_eps_255 \(4, 8\)"):
         build_table(mixed)
+
+
+@pytest.mark.parametrize(
+    ("bounds", "expected"),
+    [
+        ([100.0, 100.0], (91.0, 101.0)),  # saturated at 100%: not the middle of 95-105
+        ([0.0, 0.0], (-1.0, 9.0)),
+        ([49.0, 51.0], (44.9, 55.1)),  # too flat: opened to 10 points around the data, plus the margin
+        ([9.0, 80.0, np.nan], (5.45, 83.55)),  # tall enough: the data and a 5% margin
+    ],
+)
+def test_percentage_panels_stay_inside_0_to_100_and_at_least_10_points_tall(bounds, expected):
+    ax = Figure().subplots()
+    _percent_window(ax, bounds)
+    assert ax.get_ylim() == pytest.approx(expected)

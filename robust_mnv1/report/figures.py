@@ -55,6 +55,16 @@ def _shown(metric: Metric, values: Sequence[float]) -> np.ndarray:
     return np.exp(v) if metric.kind == "cw" else v
 
 
+def _percent_window(ax, bounds: Sequence[float], span: float = 10.0) -> None:
+    """Show a percentage panel at least ``span`` points tall and inside [0, 100] (with a margin), so a
+    metric every model has at 100% reads as 100% of a percentage, not as the middle of 95-105."""
+    lo, hi = float(np.nanmin(bounds)), float(np.nanmax(bounds))
+    margin = max(0.0, span - (hi - lo)) / 2 + 0.05 * (hi - lo)
+    lo, hi = lo - margin, hi + margin
+    shift = max(0.0, -1.0 - lo) - max(0.0, hi - 101.0)
+    ax.set_ylim(max(lo + shift, -1.0), min(hi + shift, 101.0))
+
+
 def plot_series(boards: Mapping[str, Board], name: str, path: Path) -> None:
     """One row per dataset, one panel per metric: the metric along every ``name`` series, by regime."""
     rows = [(key, b) for key, b in boards.items() if any(s.name == name for s in b.series)]
@@ -78,6 +88,7 @@ def plot_series(boards: Mapping[str, Board], name: str, path: Path) -> None:
                 # e.g. a worst case that waits for an attack family some of the series' models lack
                 _note(ax, f"{data_key}:\n{metric.label}:\nno {name} series has it yet")
                 continue
+            bounds: list[float] = []
             for st in drawn:
                 s: Series = st.series
                 style, marker = _STYLE.get(s.regime, ("-", "o"))
@@ -93,6 +104,9 @@ def plot_series(boards: Mapping[str, Board], name: str, path: Path) -> None:
                     marker=marker,
                     label=f"{REGIME_LABELS.get(s.regime, s.regime)} ({s.label})",
                 )
+                bounds += [*lo, *hi]
+            if metric.kind != "cw":
+                _percent_window(ax, bounds)
             symbol = "α" if name == "width" else "ρ"
             ax.set_title(f"{data_key}:\n{metric.label}", fontsize=9)
             ax.set_xlabel(f"{symbol} ({name} multiplier)")
