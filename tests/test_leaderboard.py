@@ -514,6 +514,7 @@ def test_records_of_two_headline_radii_cannot_share_a_board():
         ([0.0, 0.0], (-1.0, 9.0)),
         ([49.0, 51.0], (44.9, 55.1)),  # too flat: opened to 10 points around the data, plus the margin
         ([9.0, 80.0, np.nan], (5.45, 83.55)),  # tall enough: the data and a 5% margin
+        ([np.nan, np.nan], (0.0, 1.0)),  # nothing to show: matplotlib's empty axis
     ],
 )
 def test_percentage_panels_stay_inside_0_to_100_and_at_least_10_points_tall(bounds, expected):

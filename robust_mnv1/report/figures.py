@@ -58,7 +58,11 @@ def _shown(metric: Metric, values: Sequence[float]) -> np.ndarray:
 def _percent_window(ax, bounds: Sequence[float], span: float = 10.0) -> None:
     """Show a percentage panel at least ``span`` points tall and inside [0, 100] (with a margin), so a
     metric every model has at 100% reads as 100% of a percentage, not as the middle of 95-105."""
-    lo, hi = float(np.nanmin(bounds)), float(np.nanmax(bounds))
+    finite = np.asarray(bounds, dtype=float)
+    finite = finite[np.isfinite(finite)]
+    if not finite.size:  # nothing drawn (no model classified an image correctly): matplotlib's default
+        return
+    lo, hi = float(finite.min()), float(finite.max())
     margin = max(0.0, span - (hi - lo)) / 2 + 0.05 * (hi - lo)
     lo, hi = lo - margin, hi + margin
     shift = max(0.0, -1.0 - lo) - max(0.0, hi - 101.0)
