@@ -93,35 +93,27 @@ def test_smoke_writes_records_and_leaderboard(smoke):
     assert len(list((root / "results" / "figures").glob("*.png"))) >= 3
 
 
-def test_second_run_reuses_cached_models_and_records(smoke, tmp_path):
+def test_a_second_run_in_two_workers_reuses_the_cache_and_gives_the_same_records(smoke, tmp_path):
     root, first = smoke
     assert "epoch 1/" in first.stdout + first.stderr
-    proc = run([*FAST, f"results_dir={tmp_path}/results", f"hydra.run.dir={tmp_path}/out"], root / "cache")
+    # Two workers, in another order than the sequential smoke: which unit starts first, and in which
+    # process, changes no record.
+    args = [*FAST, f"results_dir={tmp_path}/results"]
+    proc = run(
+        [*args, "study.jobs=2", "study.order=cheapest", f"hydra.run.dir={tmp_path}/out"], root / "cache"
+    )
     out = proc.stdout + proc.stderr
     assert "epoch 1/" not in out and "resuming" not in out, "a cached model was retrained"
-    assert len(load_records(tmp_path / "results" / "runs")) == 16
+    assert "units, cheapest first: 0.25/" in out
     # Same config, same seed, same cached weights: the same numbers.
     a = {r.run_id: r for r in load_records(root / "results" / "runs")}
-    for r in load_records(tmp_path / "results" / "runs"):
-        assert r.config_hash == a[r.run_id].config_hash
-        assert r.clean == a[r.run_id].clean
-        assert r.eps_results == a[r.run_id].eps_results
-    proc = run([*FAST, f"results_dir={tmp_path}/results", f"hydra.run.dir={tmp_path}/out2"], root / "cache")
-    assert "every record is done" in proc.stdout + proc.stderr
-
-
-def test_parallel_workers_reuse_the_cache_and_give_the_sequential_records(smoke, tmp_path):
-    root, _ = smoke
-    # In another order too: which unit starts first changes no record.
-    args = [*FAST, "study.jobs=2", "study.order=cheapest"]
-    out = run([*args, f"results_dir={tmp_path}/results", f"hydra.run.dir={tmp_path}/out"], root / "cache")
-    assert "epoch 1/" not in out.stdout + out.stderr, "a cached model was retrained"
-    assert "units, cheapest first: 0.25/" in out.stdout + out.stderr
-    a = {r.run_id: r for r in load_records(root / "results" / "runs")}
     b = load_records(tmp_path / "results" / "runs")
-    assert sorted(r.run_id for r in b) == sorted(a)
+    assert len(b) == 16 and sorted(r.run_id for r in b) == sorted(a)
     for r in b:
+        assert r.config_hash == a[r.run_id].config_hash
         assert (r.clean, r.eps_results) == (a[r.run_id].clean, a[r.run_id].eps_results)
+    proc = run([*args, f"hydra.run.dir={tmp_path}/out2"], root / "cache")
+    assert "every record is done" in proc.stdout + proc.stderr
 
 
 def test_cheapest_first_orders_the_study_by_mult_adds_then_seed():
@@ -144,6 +136,7 @@ def test_train_only_fills_the_cache_and_writes_no_records(tmp_path):
     run(
         [
             *FAST,
+            "train.epochs=1",  # what is cached, not how good it is
             "study.evaluate=false",
             "study.jobs=2",
             f"results_dir={tmp_path}/results",
@@ -257,18 +250,22 @@ def test_parallel_joblib_sweep_leaves_consistent_records(smoke, tmp_path):
     assert not list((results / "runs").glob(".*tmp"))
 
 
-def test_two_runs_of_one_experiment_write_each_record_once(smoke, tmp_path):
-    root, _ = smoke
+def test_two_runs_of_one_experiment_train_its_models_once_and_write_each_record_once(tmp_path):
     runs = tmp_path / "results" / "runs"
-    args = [*FAST, "study.grid=null", f"results_dir={runs.parent}"]
+    args = [*FAST, "study.grid=null", "model.alpha=0.25", f"results_dir={runs.parent}"]
 
     def one(i):
-        return run([*args, f"hydra.run.dir={tmp_path}/out{i}"], root / "cache")
+        return run([*args, f"hydra.run.dir={tmp_path}/out{i}"], tmp_path / "cache")
 
     with ThreadPoolExecutor(2) as pool:
         procs = list(pool.map(one, (0, 1)))
+    outs = [p.stdout + p.stderr for p in procs]
+    # Each model is trained by one run; the other waits for its lock, then loads it.
+    for regime in ("standard", "pgd-at"):
+        assert sum(o.count(f"32px {regime} epoch 1/") for o in outs) == 1, regime
+    assert not any("resuming" in o for o in outs)
     # Each record is logged by the run that wrote it; the run that waited for its lock finds it done.
-    written = [f for p in procs for f in re.findall(r"(\S+\.json)$", p.stdout + p.stderr, re.MULTILINE)]
+    written = [f for o in outs for f in re.findall(r"(\S+\.json)$", o, re.MULTILINE)]
     assert sorted(written) == sorted(str(f) for f in runs.glob("*.json"))
     assert len(written) == 8  # 2 regimes x 4 attack families, each once
 
@@ -280,7 +277,7 @@ class Killed(Exception):
 def test_killed_finetuning_resumes(cache_dir, monkeypatch):
     import robust_mnv1.training.model_cache as model_cache
 
-    cfg = compose_config([*FAST, "finetune.epochs=2", "model.alpha=0.25"])
+    cfg = compose_config([*FAST, "train.epochs=1", "finetune.epochs=2", "model.alpha=0.25"])
     data = load_dataset(cfg.data, cache_root(cfg) / "data")
     parent, parent_meta = standard_model(cfg, data, torch.device("cpu"))
     real_fit = model_cache.fit
@@ -300,7 +297,7 @@ def test_killed_finetuning_resumes(cache_dir, monkeypatch):
 
     # Bit-exact with a fine-tune that was never interrupted.
     monkeypatch.setenv("ROBUST_MNV1_CACHE", str(cache_dir.parent / "fresh"))
-    cfg2 = compose_config([*FAST, "finetune.epochs=2", "model.alpha=0.25"])
+    cfg2 = compose_config([*FAST, "train.epochs=1", "finetune.epochs=2", "model.alpha=0.25"])
     parent2, meta2 = standard_model(cfg2, data, torch.device("cpu"))
     clean, _ = finetuned_model(cfg2, data, torch.device("cpu"), parent2, meta2)
     for (k, a), b in zip(model.state_dict().items(), clean.state_dict().values(), strict=True):
