@@ -177,7 +177,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--fit-steps", type=int, default=None, help="fitting steps (default 150 quick, 200 else)"
     )
-    parser.add_argument("--art-cw-batch", type=int, default=2, help="images for ART's (very slow) C&W")
+    parser.add_argument(
+        "--art-cw-batch",
+        type=int,
+        default=None,
+        help="images for ART's (very slow) C&W (default 1 quick, 2 else)",
+    )
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: 1 with --quick, else torch's)"
     )
@@ -232,7 +237,7 @@ def main(argv: list[str] | None = None) -> None:
     for lib in ("native", "foolbox", "art"):
         if lib not in libs:
             continue
-        cw_n = batch if lib != "art" else min(args.art_cw_batch, batch)
+        cw_n = batch if lib != "art" else min(args.art_cw_batch or (1 if args.quick else 2), batch)
         plans += [
             (
                 lib,

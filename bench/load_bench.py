@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 QUICK = [
     "train.epochs=1",
     "finetune.epochs=1",
+    "finetune.steps=1",
     "eval.n_examples=32",
     "eval.n_cw=8",
     "eval.sanity.n=16",
