@@ -24,7 +24,7 @@ FAST = [
     "finetune.epochs=1",
     "eval.n_examples=48",
     "eval.n_cw=16",
-    "eval.sanity.n=32",
+    "eval.sanity.n=16",
     "attack.cw.steps=10",
     "attack.cw.binary_search_steps=2",
     "attack.apgd.ce_steps=5",
@@ -136,7 +136,9 @@ def test_train_only_fills_the_cache_and_writes_no_records(tmp_path):
     run(
         [
             *FAST,
-            "train.epochs=1",  # what is cached, not how good it is
+            # What is cached, not how good it is.
+            "train.epochs=1",
+            "finetune.steps=1",
             "study.evaluate=false",
             "study.jobs=2",
             f"results_dir={tmp_path}/results",
@@ -277,7 +279,9 @@ class Killed(Exception):
 def test_killed_finetuning_resumes(cache_dir, monkeypatch):
     import robust_mnv1.training.model_cache as model_cache
 
-    cfg = compose_config([*FAST, "train.epochs=1", "finetune.epochs=2", "model.alpha=0.25"])
+    cfg = compose_config(
+        [*FAST, "train.epochs=1", "finetune.epochs=2", "finetune.steps=1", "model.alpha=0.25"]
+    )
     data = load_dataset(cfg.data, cache_root(cfg) / "data")
     parent, parent_meta = standard_model(cfg, data, torch.device("cpu"))
     real_fit = model_cache.fit
@@ -297,7 +301,9 @@ def test_killed_finetuning_resumes(cache_dir, monkeypatch):
 
     # Bit-exact with a fine-tune that was never interrupted.
     monkeypatch.setenv("ROBUST_MNV1_CACHE", str(cache_dir.parent / "fresh"))
-    cfg2 = compose_config([*FAST, "train.epochs=1", "finetune.epochs=2", "model.alpha=0.25"])
+    cfg2 = compose_config(
+        [*FAST, "train.epochs=1", "finetune.epochs=2", "finetune.steps=1", "model.alpha=0.25"]
+    )
     parent2, meta2 = standard_model(cfg2, data, torch.device("cpu"))
     clean, _ = finetuned_model(cfg2, data, torch.device("cpu"), parent2, meta2)
     for (k, a), b in zip(model.state_dict().items(), clean.state_dict().values(), strict=True):
