@@ -11,6 +11,17 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_CIFAR = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
 
+@pytest.fixture(scope="session")
+def tiny_models_cache(tmp_path_factory) -> Path:
+    """A model cache holding tests/_tiny.py's model and its fine-tune, trained once per session; tests
+    take a copy of it (``_tiny.copy_tiny``) and never write to it."""
+    from ._tiny import train_tiny
+
+    cache = tmp_path_factory.mktemp("tiny-models")
+    train_tiny(cache)
+    return cache
+
+
 @pytest.fixture
 def cache_dir(tmp_path, monkeypatch):
     path = tmp_path / "cache"

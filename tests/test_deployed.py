@@ -39,8 +39,8 @@ from robust_mnv1.records.store import dumps_record
 from robust_mnv1.report.paired import mcnemar_exact
 from robust_mnv1.training.model_cache import cache_root, finetuned_model, standard_model
 
+from ._tiny import TINY, copy_tiny
 from .conftest import REPO
-from .test_export import TINY
 
 # A short PGD and few images, calls and calibration images: the whole record in a few seconds.
 FAST = [
@@ -55,23 +55,25 @@ FAST = [
 ]
 
 
-def tiny_models(tmp_path_factory, config_name, overrides, check):
-    """The config ``config_name`` for test_export's tiny digits model, checked by ``check``, with a fresh
-    cache holding that model and its PGD-AT fine-tune (about 10 s on one core), and an empty
-    results directory; returns the config and the dataset."""
+def tiny_models(tmp_path_factory, tiny_models_cache, config_name, overrides, check):
+    """The config ``config_name`` for the tiny digits model (tests/_tiny.py), checked by ``check``, with a
+    cache of its own holding that model and its PGD-AT fine-tune, and an empty results directory;
+    returns the config and the dataset."""
     cache, results = tmp_path_factory.mktemp("cache"), tmp_path_factory.mktemp("results")
+    copy_tiny(tiny_models_cache, cache)
     cfg = compose_config([*TINY, *overrides, f"cache_dir={cache}", f"results_dir={results}"], config_name)
     check(cfg)
     dataset = load_dataset(cfg.data, cache_root(cfg) / "data")
+    # The copy holds exactly the models this config names: a changed recipe would train here.
     model, meta = standard_model(cfg, dataset, torch.device("cpu"))
     finetuned_model(cfg, dataset, torch.device("cpu"), model, meta)
     return cfg, dataset
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, tiny_models_cache):
     """The deployed-robustness record of the tiny standard model."""
-    cfg, dataset = tiny_models(tmp_path_factory, "deployed", FAST, dp.check_config)
+    cfg, dataset = tiny_models(tmp_path_factory, tiny_models_cache, "deployed", FAST, dp.check_config)
     path, record = dp.run_deployed(cfg)
     return cfg, dataset, path, record
 

@@ -22,23 +22,10 @@ from robust_mnv1.edge import latency as lat
 from robust_mnv1.edge import onnx_export as ox
 from robust_mnv1.infra.errors import UserError
 from robust_mnv1.models import build_model
-from robust_mnv1.training.model_cache import cache_root, finetuned_model, standard_model
+from robust_mnv1.training.model_cache import cache_root
 
+from ._tiny import TINY, copy_tiny
 from .conftest import REPO
-
-# A digits model that learns in about 10 s on one busy core (83% test accuracy), and a one-epoch,
-# one-step PGD-AT fine-tune of it: enough for int8 to have something to agree with.
-TINY = [
-    "model.alpha=0.25",
-    "train.epochs=3",
-    "train.batch_size=64",
-    "train.lr=0.1",
-    "train.augment=false",
-    "finetune.epochs=1",
-    "finetune.batch_size=128",
-    "finetune.steps=1",
-    "finetune.step_255=8",
-]
 
 
 def random_model(rho: float, seed: int = 0) -> torch.nn.Module:
@@ -123,13 +110,13 @@ def test_int8_of_an_untrained_model_runs(quant_format, per_channel, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A tiny digits model and its PGD-AT fine-tune, trained through the model cache into a fresh cache."""
+def trained(tmp_path_factory, tiny_models_cache):
+    """A cache of its own holding the tiny digits model and its PGD-AT fine-tune, both from the model
+    cache's training."""
     cache = tmp_path_factory.mktemp("cache")
+    copy_tiny(tiny_models_cache, cache)
     cfg = compose_config([*TINY, f"cache_dir={cache}"], "export")
     dataset = load_dataset(cfg.data, cache_root(cfg) / "data")
-    model, meta = standard_model(cfg, dataset, torch.device("cpu"))
-    finetuned_model(cfg, dataset, torch.device("cpu"), model, meta)
     return cfg, dataset
 
 

@@ -26,9 +26,9 @@ FAST = ["attack.pgd.eps_255=[1,2,4,8]", "attack.pgd.steps=5", "transfer.n=120"]
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, tiny_models_cache):
     """The transfer records of the tiny model and its PGD-AT fine-tune (a 2x2 matrix), and the tables."""
-    cfg, _ = tiny_models(tmp_path_factory, "transfer", FAST, tr.check_config)
+    cfg, _ = tiny_models(tmp_path_factory, tiny_models_cache, "transfer", FAST, tr.check_config)
     results = Path(cfg.results_dir)
     paths = tr.run_transfer(cfg)
     written = rep.generate(results)
