@@ -1,9 +1,10 @@
 """Benchmark the native attacks against foolbox, ART and (if installed) torchattacks.
 
 Times FGSM, PGD-10, APGD-CE-100, APGD-T-100 (9 target classes) and C&W (100 steps x 5 binary-search
-steps) on one model and batch, after a warm-up run of every library, and prints one table: images per
-second, the ratio native/peer measured in this same run, robust accuracy and (for C&W) the median L2
-distance. APGD runs natively and in torchattacks only (foolbox and ART have no APGD backend here).
+steps; 20 x 5 with ``--quick``) on one model and batch, after a warm-up run of every library, and
+prints one table: images per second, the ratio native/peer measured in this same run, robust
+accuracy and (for C&W) the median L2 distance. APGD runs natively and in torchattacks only (foolbox
+and ART have no APGD backend here).
 
 The model is MobileNet V1 (CIFAR profile, ``--alpha``) from ``robust_mnv1.models`` when that imports,
 else a small local CNN. Random weights give near-constant logits, so the model is first fitted for a
@@ -11,7 +12,7 @@ few steps on synthetic data (a fixed random prototype per class plus noise); the
 drawn from the same distribution and labelled with the model's own predictions, so every sample is
 clean-correct and robust accuracy is the fraction the attack failed on.
 
-    python bench/attacks_bench.py --quick                 # CI: tiny, about a minute on CPU
+    python bench/attacks_bench.py --quick                 # CI: tiny, 1-2 minutes on CPU
     python bench/attacks_bench.py --device cuda --batch 500 --alpha 1.0
 """
 
@@ -232,7 +233,9 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     # lr 0.01 rather than the class default (0.003), for the 100-step budget this table has always timed.
-    cw_kwargs = {"steps": 100, "binary_search_steps": 5, "lr": 0.01}
+    # --quick cuts the budget: ART's C&W alone took over a minute of the CI run at 100 x 5.
+    cw_steps, cw_searches = (20, 5) if args.quick else (100, 5)
+    cw_kwargs = {"steps": cw_steps, "binary_search_steps": cw_searches, "lr": 0.01}
     plans: list[tuple[str, str, Callable[[], dict[str, Any]]]] = []
     for lib in ("native", "foolbox", "art"):
         if lib not in libs:
@@ -253,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
             ),
             (
                 lib,
-                "C&W 100x5" + ("" if cw_n == batch else f" ({cw_n} img)"),
+                f"C&W {cw_steps}x{cw_searches}" + ("" if cw_n == batch else f" ({cw_n} img)"),
                 lambda lib=lib, n=cw_n: run_ours(
                     CarliniWagnerL2(**cw_kwargs, backend=lib, batch_size=batch),
                     model,
@@ -327,11 +330,11 @@ def main(argv: list[str] | None = None) -> None:
                     ),
                 ),
                 (
-                    # torchattacks' CW has no binary search over c: one run of 100 steps at c=1.
+                    # torchattacks' CW has no binary search over c: one run at c=1.
                     "torchattacks",
-                    "C&W 100x1 (c=1)",
+                    f"C&W {cw_steps}x1 (c=1)",
                     lambda: run_torchattacks(
-                        lambda: torchattacks.CW(model, c=1.0, kappa=0.0, steps=100, lr=0.01),
+                        lambda: torchattacks.CW(model, c=1.0, kappa=0.0, steps=cw_steps, lr=0.01),
                         model,
                         x,
                         y,
