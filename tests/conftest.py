@@ -11,6 +11,26 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_CIFAR = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
 
+def pytest_configure(config):
+    """Under pytest-xdist, split the cores between the workers, for their own torch and for the CLI
+    runs they start: torch's default of one thread per core in every worker oversubscribes the CPU,
+    and its threads then stall on each other (bench/load_bench.py)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers and "OMP_NUM_THREADS" not in os.environ:
+        import torch
+
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        threads = max(1, cores // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
+
+def pytest_collection_modifyitems(items):
+    """The whole-study tests, the longest module by far, run first: under pytest-xdist one worker
+    takes them at once while the others share the rest, instead of them starting last and alone."""
+    items.sort(key=lambda item: item.path.name != "test_study.py")
+
+
 @pytest.fixture(scope="session")
 def tiny_models_cache(tmp_path_factory) -> Path:
     """A model cache holding tests/_tiny.py's model and its fine-tune, trained once per session; tests
