@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from scipy.stats import binomtest
 
+from robust_mnv1.report.metric_stats import Metric
 from robust_mnv1.report.paired import holm, log_ratio, mcnemar_exact, sign_test
-from robust_mnv1.report.verdict_text import section, verdict_lines
-from robust_mnv1.report.verdicts import analyse
+from robust_mnv1.report.verdict_text import section, verdict_line, verdict_lines
+from robust_mnv1.report.verdicts import Series, analyse
+from robust_mnv1.report.verdicts import Test as Comparison
 from tests._outcomes import synthetic_study
 
 
@@ -120,3 +124,24 @@ def test_a_saturated_metric_is_reported_but_not_tested():
         "robust_worst8",
         "cw",
     }
+
+
+def test_a_cw_line_that_does_not_conclude_reads_its_limit_off_the_printed_ci_and_gives_the_trends_p():
+    series = Series("d", "width", 1.0, "pgd-at", ())
+    cw = Metric("cw", "C&W median L2", "cw")
+
+    def comparison(kind, n, pct, lo, hi, p_holm):  # estimates in percent, stored as log-ratios
+        est, lo, hi = (math.log1p(v / 100) for v in (pct, lo, hi))
+        return Comparison(series, cw, kind, "α = 0.25", "α = 0.5", n, est, lo, hi, p_holm / 10, None, p_holm)
+
+    line = verdict_line(
+        series,
+        cw,
+        [comparison("pair", 263, 4.4, 0.4, 9.7, 0.26), comparison("trend", 500, -5.1, -9.2, -1.5, 0.099)],
+    )
+    assert "no detectable difference" in line
+    # The pair's CI excludes 0; whole percents would have printed it as [0, 10].
+    assert "is fooled at a 4.4% [0.4, 9.7] larger median L2 than α = 0.5" in line
+    # 9.2% is the CI's far end as printed (its log-scale mirror would read 10.1%), and the CI excludes 0
+    # without concluding, so the trend's adjusted p is stated beside it.
+    assert "the trend CI [-9.2, -1.5] (Holm p = 0.099) rules out trends larger than 9.2% per doubling" in line

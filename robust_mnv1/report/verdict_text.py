@@ -44,8 +44,9 @@ def pair_phrase(t: Test) -> str:
     flip = est < 0
     mag, c0, c1 = (-est, -hi, -lo) if flip else (est, lo, hi)
     if t.metric.kind == "cw":
+        # One decimal, as on the board: whole percents printed a CI of [0.4, 9.7] as [0, 10].
         word = "smaller" if flip else "larger"
-        return f"{t.a} is fooled at a {_fmt(mag, 0)}% {_ci(c0, c1, 0)} {word} median L2 than {t.b}"
+        return f"{t.a} is fooled at a {_fmt(mag)}% {_ci(c0, c1)} {word} median L2 than {t.b}"
     if t.metric.kind == "fool":
         word = "fewer" if flip else "more"
         return (
@@ -91,13 +92,19 @@ def verdict_line(series: Series, metric: Metric, tests: list[Test]) -> str:
                 f"{pair_phrase(pair)} ({_p(pair)})"
             )
     else:
-        reach = max(abs(trend.lo), abs(trend.hi))
-        limit = f"{_pct(reach):.1f}% per doubling" if metric.kind == "cw" else f"{reach:.2f} pp per doubling"
+        # The limit is read off the CI as printed (percent for C&W, not its log scale), and the trend's
+        # Holm p is given: an unadjusted CI can exclude 0 where the adjusted test does not conclude.
+        if metric.kind == "cw":
+            lo, hi = _pct(trend.lo), _pct(trend.hi)
+            ci, reach = _ci(lo, hi), max(abs(lo), abs(hi))
+            limit = f"{reach:.1f}% per doubling"
+        else:
+            ci, reach = _ci(trend.lo, trend.hi, 2), max(abs(trend.lo), abs(trend.hi))
+            limit = f"{reach:.2f} pp per doubling"
         why = ", within training noise" if pair.blocked_by_noise or trend.blocked_by_noise else ""
         body = (
-            f"no detectable difference{why}: {pair_phrase(pair)} ({_p(pair)}); the trend CI "
-            f"{_ci(trend.lo, trend.hi, 2) if metric.kind != 'cw' else _ci(_pct(trend.lo), _pct(trend.hi))} "
-            f"rules out trends larger than {limit}"
+            f"no detectable difference{why}: {pair_phrase(pair)} ({_p(pair)}); the trend CI {ci} "
+            f"({_p(trend)}) rules out trends larger than {limit}"
             if math.isfinite(reach)
             else f"not estimable: {pair_phrase(pair)} ({_p(pair)})"
         )
