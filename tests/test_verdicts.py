@@ -68,7 +68,11 @@ def test_seed_noise_larger_than_image_noise_blocks_the_verdict():
     board = analyse(noisy, "synthetic")
     assert board.spreads and not _decided(board)
     assert any(t.blocked_by_noise for t in board.tests)
-    assert all("within training noise" in line or "no detectable" in line for line in verdict_lines(board))
+    lines = verdict_lines(board)
+    assert all("inconclusive, within training noise: " in line or "no detectable" in line for line in lines)
+    # A difference the images detect but the seeds could produce is not called "no difference".
+    assert not any("no detectable difference, within" in line for line in lines)
+    assert any("inconclusive, within training noise" in line for line in lines)
     # The same effect without seed noise concludes: the seeds, not the images, blocked it.
     quiet = analyse(synthetic_study(effect=0.01, n=4000, seeds=(0, 1, 2), seed_noise=1e-9), "synthetic")
     assert _decided(quiet)

@@ -101,9 +101,11 @@ def verdict_line(series: Series, metric: Metric, tests: list[Test]) -> str:
         else:
             ci, reach = _ci(trend.lo, trend.hi, 2), max(abs(trend.lo), abs(trend.hi))
             limit = f"{reach:.2f} pp per doubling"
-        why = ", within training noise" if pair.blocked_by_noise or trend.blocked_by_noise else ""
+        # A difference the images detect but retraining alone could produce is not "no difference".
+        noise = pair.blocked_by_noise or trend.blocked_by_noise
+        what = "inconclusive, within training noise" if noise else "no detectable difference"
         body = (
-            f"no detectable difference{why}: {pair_phrase(pair)} ({_p(pair)}); the trend CI {ci} "
+            f"{what}: {pair_phrase(pair)} ({_p(pair)}); the trend CI {ci} "
             f"({_p(trend)}) rules out trends larger than {limit}"
             if math.isfinite(reach)
             else f"not estimable: {pair_phrase(pair)} ({_p(pair)})"
