@@ -27,6 +27,8 @@ from pathlib import Path
 import pandas as pd
 from _common import print_table
 
+from robust_mnv1.infra.threads import usable_cores
+
 REPO = Path(__file__).resolve().parents[1]
 # The smoke experiment with its budgets cut to seconds: enough to exercise every stage.
 QUICK = [
@@ -93,7 +95,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=1800, help="seconds before a run counts as hung")
     args = parser.parse_args()
     overrides = QUICK if args.quick else []
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
     cases = [("quiet", "auto", False), ("loaded", "auto", True), ("loaded", str(cores), True)]
     rows = []
     for load, threads, loaded in cases:

@@ -19,8 +19,9 @@ def pytest_configure(config):
     if workers and "OMP_NUM_THREADS" not in os.environ:
         import torch
 
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        threads = max(1, cores // workers)
+        from robust_mnv1.infra.threads import usable_cores
+
+        threads = max(1, usable_cores() // workers)
         os.environ["OMP_NUM_THREADS"] = str(threads)
         torch.set_num_threads(threads)
 

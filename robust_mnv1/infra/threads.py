@@ -29,6 +29,11 @@ def _cpu_ticks(cpus: set[int]) -> tuple[int, int]:
     return total, idle
 
 
+def usable_cores() -> int:
+    """The CPUs this process may run on (its affinity set where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def busy_cores(window_s: float | None = None) -> float | None:
     """How many of this process's CPUs other work kept busy over ``window_s`` (None off Linux)."""
     window_s = _WINDOW_S if window_s is None else window_s
@@ -53,6 +58,6 @@ def choose_threads(setting: int | str) -> int:
 
     if "OMP_NUM_THREADS" in os.environ:
         return torch.get_num_threads()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
     busy = busy_cores()
     return cores if busy is None else max(1, min(cores, cores - round(busy)))
