@@ -186,6 +186,13 @@ def test_records_name_their_weights_and_a_record_of_other_weights_is_redone(smok
     for victim in victims:
         redone = parse_record(after[victim.name])
         assert redone["model"]["weights"] == by_key[(redone["model"]["name"], redone["regime"])]
+        # The sanity checks were not run again: the redone record has its model's report and seconds.
+        model, regime, _, *rest = victim.name.split("__")
+        twin = parse_record(after["__".join([model, regime, "cw", *rest])])
+        assert (redone["sanity"], redone["timing"]["sanity_s"]) == (
+            twin["sanity"],
+            twin["timing"]["sanity_s"],
+        )
 
 
 def test_records_of_models_the_cache_lacks_are_not_redone_unless_asked(smoke, tmp_path):
