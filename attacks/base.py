@@ -101,17 +101,25 @@ class Attack(ABC):
         """Seed of the attack's randomness, or None for a deterministic attack."""
         return None
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AttackResult:
+    def __call__(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, generator: torch.Generator | None = None
+    ) -> AttackResult:
         """Attack ``model`` on images ``x`` (float, [0, 1], NCHW) with integer labels ``y``.
 
         ``model`` must map ``x`` to logits ``[N, num_classes]`` and live on ``x``'s device.
+
+        ``generator`` (native backend only) is the stream a randomised attack draws from instead of a
+        fresh one seeded with its ``seed``, and is left advanced. Consecutive slices of ``x``, each but
+        the last a multiple of ``batch_size`` long, attacked in turn with one generator seeded with
+        ``seed``, give exactly the results of one call on all of ``x``: a long attack can be split,
+        and resumed from the generator's saved state. A deterministic attack ignores it.
         """
         x, y = validate_inputs(model, x, y)
         with model_hygiene(model):
             clean_correct, num_classes = self._clean_correct(model, x, y)
             counter = QueryCounter(model)
             start = time.perf_counter()
-            with self._rng_scope(x.device) as generator:
+            with self._rng_scope(x.device, generator) as generator:
                 x_adv = torch.cat(
                     [
                         self._perturb(
@@ -169,17 +177,24 @@ class Attack(ABC):
         )
 
     @contextlib.contextmanager
-    def _rng_scope(self, device: torch.device) -> Iterator[torch.Generator | None]:
+    def _rng_scope(
+        self, device: torch.device, given: torch.Generator | None
+    ) -> Iterator[torch.Generator | None]:
         """Seed the randomness of the chosen backend for one call, leaving global RNG state untouched.
 
-        Native attacks draw from their own ``torch.Generator`` on ``device``. The peers draw from global
-        generators (foolbox from torch's, ART from numpy's, and from torch's through a ``DataLoader``),
-        so both are forked or saved, seeded with the attack's seed, and restored afterwards.
+        Native attacks draw from their own ``torch.Generator`` on ``device`` (the caller's ``given``
+        one if any). The peers draw from global generators (foolbox from torch's, ART from numpy's,
+        and from torch's through a ``DataLoader``), so both are forked or saved, seeded with the
+        attack's seed, and restored afterwards.
         """
         seed = self.random_seed
+        if given is not None and self.backend != "native":
+            raise ValueError(f"generator= needs backend='native'; the {self.backend} backend seeds its own")
+        if given is not None and given.device.type != device.type:
+            raise ValueError(f"generator on {given.device} cannot draw noise for inputs on {device}")
         if self.backend == "native":
-            generator = None
-            if seed is not None:
+            generator = given
+            if seed is not None and generator is None:
                 generator = torch.Generator(device=device)
                 generator.manual_seed(seed)
             yield generator

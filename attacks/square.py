@@ -105,12 +105,14 @@ class Square(FixedEpsAttack):
         """The seed of the stripes and windows."""
         return self.seed
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AttackResult:
+    def __call__(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, generator: torch.Generator | None = None
+    ) -> AttackResult:
         """Attack as :meth:`Attack.__call__`; ``x`` must be images shaped ``[N, C, H, W]``."""
         # Windows need a height and a width: refuse other shapes before the model runs.
         if isinstance(x, torch.Tensor) and x.dim() != 4:
             raise ValueError(f"Square needs x shaped [N, C, H, W]; got shape {tuple(x.shape)}")
-        return super().__call__(model, x, y)
+        return super().__call__(model, x, y, generator=generator)
 
     def _native(
         self,

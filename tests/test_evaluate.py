@@ -90,14 +90,15 @@ def test_eps_with_no_survivors_left_is_not_attacked(monkeypatch):
     calls = []
 
     class Counting(PGD):
-        def __call__(self, model, x, y):
-            calls.append(len(y))
-            return super().__call__(model, x, y)
+        def __call__(self, model, x, y, **kwargs):
+            calls.append((round(self.eps * 255), len(y)))
+            return super().__call__(model, x, y, **kwargs)
 
     monkeypatch.setattr(specs, "PGD", Counting)
     model, x, y = setup()
     entries = run_pgd(model, x, y, pgd_cfg(eps_255=[64, 128], margin_at_255=[]), seed=0)
-    assert calls == [len(y)], "the first eps broke every sample, so the second needs no attack"
+    # A batch at a time (robust_mnv1.evaluation.progress), all at the first eps.
+    assert calls == [(64, 64), (64, 64), (64, 64), (64, 8)], "the first eps broke every sample: no second"
     assert [e.robust for e in entries] == [0, 0]
     assert [e.n for e in entries] == [len(y), len(y)]
 

@@ -11,6 +11,9 @@ import torch
 from robust_mnv1.config.compose import compose_config
 from robust_mnv1.data import load_dataset
 from robust_mnv1.evaluation.grid import cheapest_first, unit_configs
+from robust_mnv1.evaluation.progress import code_digest
+from robust_mnv1.infra.atomic import atomic_write_json
+from robust_mnv1.records.schema import decode_mask, encode_mask
 from robust_mnv1.records.store import dumps_record, load_records, parse_record
 from robust_mnv1.records.validate import validate_record
 from robust_mnv1.training.model_cache import cache_root, finetuned_model, standard_model
@@ -90,6 +93,8 @@ def test_smoke_writes_records_and_leaderboard(smoke):
         assert column in md
     assert "inconclusive" in md or "easier to fool" in md
     assert (root / "results" / "leaderboard.csv").exists()
+    # Each record's attack progress goes once the record is written.
+    assert not list((root / "cache" / "attack-progress").glob("*"))
     assert len(list((root / "results" / "figures").glob("*.png"))) >= 3
 
 
@@ -180,9 +185,32 @@ def test_records_name_their_weights_and_a_record_of_other_weights_is_redone(smok
         stale["model"]["weights"] = "0" * 16
         victim.write_text(dumps_record(stale))
     before = {p.name: p.read_text() for p in runs.glob("*.json")}
+    # The fine-tuned PGD record was stopped after its first eps, which (says the made-up progress
+    # file) broke every other clean-correct image: the redo takes that eps from the file, attacks
+    # what it left at the next, and counts the earlier run's seconds.
+    tuned = parse_record(before[victims[1].name])
+    progress = root / "cache" / "attack-progress" / victims[1].name
+    n = tuned["clean"]["n"]
+    correct = decode_mask(tuned["clean"]["correct_mask"], n)
+    broken = correct & (np.arange(n) % 2 == 0)
+    identity = {
+        "record": victims[1].stem,
+        "config_hash": tuned["config_hash"],
+        "weights": by_key[(tuned["model"]["name"], "pgd-at")],
+        "parent": tuned["model"]["parent_weights"],
+        "code": code_digest(),
+    }
+    call = {"n": n, "batches": 1, "clean_correct": encode_mask(correct), "success": encode_mask(broken)}
+    atomic_write_json(
+        progress, {"identity": identity, "calls": {"pgd@2:ce": {**call, "generator": None}}, "seconds": 1e4}
+    )
     run([*FAST, f"results_dir={tmp_path}/results", f"hydra.run.dir={tmp_path}/out"], root / "cache")
     after = {p.name: p.read_text() for p in runs.glob("*.json")}
     assert sorted(name for name in before if before[name] != after[name]) == sorted(v.name for v in victims)
+    resumed = parse_record(after[victims[1].name])
+    assert (decode_mask(resumed["eps_results"][0]["robust_mask"], n) == correct & ~broken).all()
+    assert resumed["eps_results"][0]["robust"] != tuned["eps_results"][0]["robust"]
+    assert resumed["timing"]["eval_s"] > 1e4 and not progress.exists()
     for victim in victims:
         redone = parse_record(after[victim.name])
         assert redone["model"]["weights"] == by_key[(redone["model"]["name"], redone["regime"])]

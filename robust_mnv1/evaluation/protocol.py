@@ -17,6 +17,7 @@ import torch
 import attacks
 from attacks import FGSM
 from robust_mnv1.data import Split
+from robust_mnv1.evaluation.progress import AttackProgress, attack_in_parts
 from robust_mnv1.evaluation.specs import APGDSpec, CWSpec, FGSMSpec, PGDSpec, SquareSpec
 from robust_mnv1.infra.errors import UserError
 from robust_mnv1.infra.units import eps
@@ -127,13 +128,13 @@ def run_fgsm(model, x, y, spec: FGSMSpec) -> list[EpsResult]:
     ]
 
 
-def run_pgd(model, x, y, spec: PGDSpec, seed: int) -> list[EpsResult]:
+def run_pgd(model, x, y, spec: PGDSpec, seed: int, progress: AttackProgress | None = None) -> list[EpsResult]:
     """PGD over the eps grid, smallest eps first, each eps attacking only the previous one's survivors.
 
     A perturbation inside a small ball lies inside every larger one, so a sample broken at one eps is
     broken at all larger ones. Attacking survivors only keeps that true of the reported masks (a
     standalone run at a larger eps can miss a sample a smaller eps broke) and skips samples already
-    known to be broken.
+    known to be broken. With ``progress``, a stopped run resumes from its last finished batch.
     """
     out = []
     alive = torch.ones(len(y), dtype=torch.bool, device=y.device)
@@ -141,13 +142,22 @@ def run_pgd(model, x, y, spec: PGDSpec, seed: int) -> list[EpsResult]:
         robust = torch.zeros_like(alive)
         idx = alive.nonzero().squeeze(1)
         if idx.numel():
-            res = spec.attack(e, seed)(model, x[idx], y[idx])
-            survived = res.clean_correct & ~res.success
+            correct, success = attack_in_parts(
+                spec.attack(e, seed), model, x[idx], y[idx], progress, f"pgd@{e:g}:{spec.loss}"
+            )
+            survived = correct & ~success
             if spec.adds_margin(e) and survived.any():
                 # Margin loss catches saturated softmax, where CE gradients vanish: it attacks CE's survivors.
                 keep = survived.nonzero().squeeze(1)
-                margin = spec.attack(e, seed, loss="margin")(model, x[idx[keep]], y[idx[keep]])
-                survived[keep] = margin.clean_correct & ~margin.success
+                correct, success = attack_in_parts(
+                    spec.attack(e, seed, loss="margin"),
+                    model,
+                    x[idx[keep]],
+                    y[idx[keep]],
+                    progress,
+                    f"pgd@{e:g}:margin",
+                )
+                survived[keep] = correct & ~success
             robust[idx] = survived
         out.append(_eps_entry("pgd", e, spec.loss_label(e), robust))
         alive = robust
@@ -163,12 +173,21 @@ def survivors(entries: Iterable[EpsResult], eps_255: float, n: int) -> torch.Ten
     return torch.from_numpy(np.logical_and.reduce(masks))
 
 
-def run_apgd(model, x, y, spec: APGDSpec, seed: int, before: dict[float, torch.Tensor]) -> list[EpsResult]:
+def run_apgd(
+    model,
+    x,
+    y,
+    spec: APGDSpec,
+    seed: int,
+    before: dict[float, torch.Tensor],
+    progress: AttackProgress | None = None,
+) -> list[EpsResult]:
     """APGD-CE, then APGD-T on what it left, at each eps of ``spec.eps_255``, attacking only the images
     ``before[eps]`` marks robust (those every FGSM and PGD record left robust there).
 
     The entries' masks are therefore robust to every attack of the protocol at that eps: the worst
-    case, as the leaderboard takes it; what APGD added is ``attacked - robust``.
+    case, as the leaderboard takes it; what APGD added is ``attacked - robust``. With ``progress``, a
+    stopped run resumes from its last finished batch.
     """
     out = []
     for e in spec.eps_255:
@@ -178,10 +197,10 @@ def run_apgd(model, x, y, spec: APGDSpec, seed: int, before: dict[float, torch.T
             idx = robust.nonzero().squeeze(1)
             broken[name] = 0
             if idx.numel():
-                res = attack(model, x[idx], y[idx])
+                correct, success = attack_in_parts(attack, model, x[idx], y[idx], progress, f"{name}@{e:g}")
                 # An image FGSM/PGD left robust is clean-correct, so a success is exactly "broken here".
-                robust[idx] = res.clean_correct & ~res.success
-                broken[name] = int(res.success.sum())
+                robust[idx] = correct & ~success
+                broken[name] = int(success.sum())
         out.append(
             _eps_entry("apgd", e, "apgd-ce+apgd-t", robust, attacked=int(before[e].sum()), broken=broken)
         )

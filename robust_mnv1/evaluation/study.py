@@ -34,6 +34,7 @@ from robust_mnv1.cost import layer_costs
 from robust_mnv1.data import Dataset, load_dataset
 from robust_mnv1.evaluation import protocol as ev
 from robust_mnv1.evaluation.grid import cheapest_first, unit_configs, unit_label
+from robust_mnv1.evaluation.progress import AttackProgress
 from robust_mnv1.evaluation.specs import APGDSpec, FGSMSpec, PGDSpec
 from robust_mnv1.infra.device import resolve_device
 from robust_mnv1.infra.envinfo import environment
@@ -231,7 +232,12 @@ class Unit:
         """Attack the stage's model with one family and write the record."""
         cfg, ds, device = self.cfg, self.dataset, self.device
         regime, model, meta, std_meta = stage.regime, stage.model, stage.meta, stage.std_meta
-        t0 = time.perf_counter()
+        path, digest = self.path(regime, attack)
+        # PGD and APGD keep their finished batches here: a stop costs at most one batch of them.
+        progress = AttackProgress(
+            cache_root(cfg) / "attack-progress" / f"{path.stem}.json",
+            {"record": path.stem, "config_hash": digest, "weights": stage.weights, "parent": stage.parent},
+        )
         n = cfg.eval.n_cw if attack == "cw" else cfg.eval.n_examples
         x, y = ev.eval_subset(ds.test, n, device, cfg.eval.order)
         clean = ev.clean_accuracy(model, x, y)
@@ -241,23 +247,22 @@ class Unit:
         if isinstance(spec, FGSMSpec):
             eps_results = ev.run_fgsm(model, x, y, spec)
         elif isinstance(spec, PGDSpec):
-            eps_results = ev.run_pgd(model, x, y, spec, cfg.seed)
+            eps_results = ev.run_pgd(model, x, y, spec, cfg.seed, progress)
         elif isinstance(spec, APGDSpec):
             earlier = [e for base in BUILDS_ON[attack] for e in self.record(regime, base).eps_results]
             before = {e: ev.survivors(earlier, e, len(y)) for e in spec.eps_255}
-            eps_results = ev.run_apgd(model, x, y, spec, cfg.seed, before)
+            eps_results = ev.run_apgd(model, x, y, spec, cfg.seed, before, progress)
             headline = eps_results[-1]
             robust = torch.from_numpy(headline.mask())
             square = ev.square_check(model, x, y, robust, headline.eps_255, spec.square, cfg.seed)
         else:
             cw = ev.run_cw(model, x, y, spec, cfg.seed)
-        eval_s = time.perf_counter() - t0
+        eval_s = progress.seconds()  # a resumed record adds the seconds of the runs it resumes
         if stage.sanity is None and cfg.eval.sanity.enabled:
             t1 = time.perf_counter()
             xs, ys = ev.eval_subset(ds.test, cfg.eval.sanity.n, device, cfg.eval.order)
             stage.sanity = ev.sanity(model, xs, ys, eps=eps(cfg.eval.sanity.eps_255), seed=cfg.seed)
             stage.sanity_s = time.perf_counter() - t1
-        path, digest = self.path(regime, attack)
         timing = {
             "train_s": std_meta["train_seconds"],
             "finetune_s": meta["train_seconds"] if regime != "standard" else 0.0,
@@ -296,6 +301,7 @@ class Unit:
             memory=peaks_mib(device),
         )
         write_record(record, self.runs_dir)
+        progress.discard()
         log.info(
             "%s %s %s: clean %.3f, %.0f s -> %s",
             self.name,
