@@ -2,6 +2,8 @@
 
 import dataclasses
 import itertools
+import json
+import logging
 
 import pytest
 import torch
@@ -90,3 +92,67 @@ def test_resume_after_interruption_is_bit_exact(cache_dir, tmp_path):
     for (k, a), b in zip(reference.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
     assert meta["test_acc"] == ref_meta["test_acc"]
+
+
+def killed_at(objective, call):
+    """``objective`` (its ``draw``, ``generator`` and ``set_epoch`` too), raising :class:`Killed` on
+    its ``call``-th use: a kill in the middle of an epoch."""
+    calls = [0]
+
+    def wrapped(*args):
+        calls[0] += 1
+        if calls[0] == call:
+            raise Killed
+        return objective(*args)
+
+    for name in ("draw", "generator", "set_epoch"):
+        if hasattr(objective, name):
+            setattr(wrapped, name, getattr(objective, name))
+    return wrapped
+
+
+@pytest.mark.parametrize("regime", ["standard", "pgd-at"])
+def test_a_kill_inside_an_epoch_resumes_from_the_batch_after_the_last_save_bit_exactly(
+    regime, cache_dir, tmp_path, caplog
+):
+    from robust_mnv1.training.objectives import make_objective
+
+    cfg = digits_cfg("train.epochs=2", "train.augment=true", "finetune.steps=2")
+    full = load_dataset(cfg.data, cache_root(cfg) / "data")
+    # 4 batches of 64 per epoch; PGD-AT draws its random starts from a generator of its own.
+    data = dataclasses.replace(
+        full, train=dataclasses.replace(full.train, x=full.train.x[:256], y=full.train.y[:256])
+    )
+    make = cross_entropy_objective if regime == "standard" else lambda: make_objective(cfg.finetune, cfg.seed)
+
+    def run(run_dir, objective, save_every_s=300.0):
+        torch.manual_seed(cfg.seed)
+        model = model_spec(cfg, data).build()
+        meta = fit(
+            model,
+            data.train,
+            data.test,
+            cfg.train,
+            device=CPU,
+            seed=cfg.seed,
+            run_dir=run_dir,
+            objective=objective,
+            save_every_s=save_every_s,
+        )
+        return model, meta
+
+    reference, ref_meta = run(tmp_path / "ref", make())
+    # Saving after every batch, killed in the 2nd batch of epoch 2: the save after its 1st is kept.
+    with pytest.raises(Killed):
+        run(tmp_path / "killed", killed_at(make(), 6), save_every_s=0)
+    last = json.loads((tmp_path / "killed" / "last.safetensors.json").read_text())
+    assert (last["epoch"], last["batch"], last["seen"]) == (1, 1, 64)
+    caplog.set_level(logging.INFO)
+    resumed, meta = run(tmp_path / "killed", make())
+    assert "from epoch 1, batch 1" in caplog.text
+    for (k, a), b in zip(reference.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    same = ("epoch", "loss", "train_acc", "lr_end", "test_acc")
+    assert [{k: h[k] for k in same} for h in meta["history"]] == [
+        {k: h[k] for k in same} for h in ref_meta["history"]
+    ]

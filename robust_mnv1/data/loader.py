@@ -36,6 +36,8 @@ class DeviceLoader:
 
     Each ``iter()`` runs one epoch and then advances the epoch counter; :meth:`set_epoch` sets the
     epoch the next ``iter()`` uses, which is how a resumed run replays epoch ``e`` exactly.
+    :meth:`rng_state` and :meth:`resume` let a run stopped inside an epoch go on from the batch after
+    its last one, with the augmentations the uninterrupted run drew.
     """
 
     def __init__(
@@ -69,6 +71,8 @@ class DeviceLoader:
         self._x = split.x.to(self.device)
         self._y = split.y.to(self.device)
         self._epoch = 0
+        self._start: tuple[int, torch.Tensor] | None = None  # (batch, generator state) for resume()
+        self._gen: torch.Generator | None = None
         if len(self) == 0:
             raise UserError(
                 f"batch_size={batch_size} with drop_last={drop_last} leaves no batch from {len(split)} "
@@ -83,6 +87,20 @@ class DeviceLoader:
     def set_epoch(self, epoch: int) -> None:
         """Make the next ``iter()`` produce epoch ``epoch`` (its order and augmentations)."""
         self._epoch = int(epoch)
+        self._start = None
+
+    def rng_state(self) -> torch.Tensor:
+        """The running epoch's generator state, after the batches produced so far."""
+        if self._gen is None:
+            raise RuntimeError("rng_state() needs an epoch under way")
+        return self._gen.get_state()
+
+    def resume(self, epoch: int, batch: int, rng_state: torch.Tensor) -> None:
+        """Make the next ``iter()`` produce epoch ``epoch`` from batch ``batch`` on, as the epoch would
+        have gone on after the :meth:`rng_state` taken when it had produced ``batch`` batches."""
+        if not 0 <= batch <= len(self):
+            raise ValueError(f"batch {batch} is not within an epoch of {len(self)} batches")
+        self._epoch, self._start = int(epoch), (int(batch), rng_state)
 
     def __len__(self) -> int:
         """Batches per epoch."""
@@ -90,9 +108,9 @@ class DeviceLoader:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        epoch = self._epoch
-        self._epoch += 1
-        return self._batches(epoch)
+        epoch, start = self._epoch, self._start
+        self._epoch, self._start = epoch + 1, None
+        return self._batches(epoch, start)
 
     def _generator(self, epoch: int) -> torch.Generator:
         # SeedSequence mixes (seed, epoch) so neighbouring seeds/epochs give unrelated streams.
@@ -101,11 +119,18 @@ class DeviceLoader:
         gen.manual_seed((int(words[0]) << 31) ^ int(words[1]))
         return gen
 
-    def _batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _batches(
+        self, epoch: int, start: tuple[int, torch.Tensor] | None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         gen = self._generator(epoch)
         n = self._y.shape[0]
         order = torch.randperm(n, generator=gen, device=self.device) if self.shuffle else None
-        for b in range(len(self)):
+        first = 0
+        if start is not None:  # the order is the epoch's; the augmentations go on from the saved state
+            first = start[0]
+            gen.set_state(start[1])
+        self._gen = gen
+        for b in range(first, len(self)):
             start, stop = b * self.batch_size, min((b + 1) * self.batch_size, n)
             if order is None:
                 x, y = self._x[start:stop], self._y[start:stop]

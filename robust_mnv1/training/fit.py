@@ -5,8 +5,10 @@ is: gather a batch, augment it on the device, forward, backward, SGD. The loss i
 (:data:`Objective`), which is how PGD-AT, fast-AT and TRADES reuse this loop.
 
 A run directory holds ``final.safetensors`` once training is done and ``last.safetensors`` after
-every epoch before that; a killed run resumes from ``last`` and, on CPU, ends bit-identical
-to an uninterrupted one because every epoch's shuffle and augmentation derive from (seed, epoch)
+every epoch before that, and within an epoch every few minutes (an adversarial fine-tuning epoch of
+a large model takes over an hour of one CPU core); a killed run resumes from ``last`` and, on CPU,
+ends bit-identical to an uninterrupted one: every epoch's shuffle and augmentation derive from
+(seed, epoch), a mid-epoch checkpoint keeps the state of the epoch's generators and running sums,
 and the LR is a pure function of the step.
 """
 
@@ -16,6 +18,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +44,8 @@ from robust_mnv1.training.step import CapturedStep, EagerStep, autocast_for, pre
 
 # (model, x, y) -> (loss to minimise, logits whose argmax is the prediction the loss trained on).
 # An objective that needs random numbers draws them only in ``draw(x)``, whose result it takes as
-# a fourth argument (see robust_mnv1.training.step), and has ``set_epoch(epoch)``, called at each epoch start.
+# a fourth argument (see robust_mnv1.training.step), from ``generator(device)``, and has
+# ``set_epoch(epoch)``, called at each epoch start.
 Objective = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 log = logging.getLogger(__name__)
 # What the rest of the suite reads from a finished run's sidecar, and what a resume needs.
@@ -100,13 +104,16 @@ def fit(
     meta: dict[str, Any] | None = None,
     on_epoch_end: Callable[[int], None] | None = None,
     cuda_graph: bool = False,
+    save_every_s: float = 300.0,
 ) -> dict[str, Any]:
     """Train ``model`` in place, or load it when ``run_dir`` already holds a finished run.
 
     Returns the sidecar metadata of ``final.safetensors`` with ``trained`` set to whether this
     call did any training. ``on_epoch_end(epoch)`` runs after each epoch's checkpoint; tests
     use it to kill a run part-way. ``cuda_graph`` replays each step from a CUDA graph
-    (:class:`robust_mnv1.training.step.CapturedStep`); it needs a CUDA ``device``.
+    (:class:`robust_mnv1.training.step.CapturedStep`); it needs a CUDA ``device``. Inside an epoch,
+    ``last`` is saved after the first batch that ends ``save_every_s`` seconds or more after the
+    previous save (0: after every batch), so a kill loses about that much work at most.
     """
     # Epoch lines go to the log (so to Hydra's run.log too); on the console they print above the bars.
     # The lock makes parallel sweep jobs that need one model train it once: the others wait, then load it.
@@ -124,6 +131,7 @@ def fit(
             meta=meta,
             on_epoch_end=on_epoch_end,
             cuda_graph=cuda_graph,
+            save_every_s=save_every_s,
         )
 
 
@@ -146,7 +154,20 @@ def finished(run_dir: Path) -> bool:
 
 
 def _fit(
-    model, train, test, tcfg, *, device, seed, run_dir, objective, desc, meta, on_epoch_end, cuda_graph
+    model,
+    train,
+    test,
+    tcfg,
+    *,
+    device,
+    seed,
+    run_dir,
+    objective,
+    desc,
+    meta,
+    on_epoch_end,
+    cuda_graph,
+    save_every_s,
 ) -> dict[str, Any]:
     final, last = run_dir / "final.safetensors", run_dir / "last.safetensors"
     # channels_last on every device: 1.5-1.75x faster steps on CPU (bench/layout_bench.py; the GPU
@@ -181,40 +202,64 @@ def _fit(
         memory_format=torch.channels_last,
     )
     total_steps = tcfg.epochs * len(loader)
+    # The device the batches (so the objective's random starts) live on: "cuda" names "cuda:0".
+    rng_device = torch.empty(0, device=device).device
     history: list[dict[str, Any]] = []
-    start_epoch, elapsed = 0, 0.0
+    start_epoch, elapsed, partial = 0, 0.0, None
     if sidecar(last).exists():
-        start_epoch, history, elapsed = _resume(last, model, opt, device)
+        start_epoch, history, elapsed, partial = _resume(last, model, opt, device)
 
     for epoch in range(start_epoch, tcfg.epochs):
         model.train()
-        loader.set_epoch(epoch)
+        # Epoch e draws the loader's stream e + 1: tqdm.auto's bar once took an iter() of the loader
+        # before the loop took its own, and every model trained since depends on that, so it stays.
+        stream = epoch + 1
+        loader.set_epoch(stream)
         if hasattr(objective, "set_epoch"):
             objective.set_epoch(epoch)
-        t0 = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), dtype=torch.long, device=device)
-        seen = 0
+        sums = _EpochSums.zeros(device)
+        if partial is not None:  # the epoch a mid-epoch checkpoint stopped in
+            sums = partial
+            loader.resume(stream, sums.batches, sums.loader_rng)
+            if sums.objective_rng is not None:
+                objective.generator(rng_device).set_state(sums.objective_rng)
+            partial = None
+        t0 = time.perf_counter() - sums.seconds
+        saved = time.perf_counter()
         bar = tqdm(
-            loader, desc=f"{desc} {epoch + 1}/{tcfg.epochs}", unit="batch", leave=False, dynamic_ncols=True
+            iter(loader),  # one iter(): the bar's own would start the loader's next epoch
+            desc=f"{desc} {epoch + 1}/{tcfg.epochs}",
+            unit="batch",
+            leave=False,
+            dynamic_ncols=True,
+            initial=sums.batches,
+            total=len(loader),
         )
-        for i, (x, y) in enumerate(bar):
+        for i, (x, y) in enumerate(bar, start=sums.batches):
             lr = lr_at(epoch * len(loader) + i, total_steps, tcfg)
             opt.set_lr(lr)
             loss, logits = step(x, y)
             # Running sums stay on the device; reading them every 25 batches bounds host syncs.
-            loss_sum += loss * len(y)
-            correct += (logits.argmax(1) == y).sum()
-            seen += len(y)
+            sums.loss += loss * len(y)
+            sums.correct += (logits.argmax(1) == y).sum()
+            sums.seen += len(y)
             if i % 25 == 24:
-                rate = seen / (time.perf_counter() - t0)
+                rate = sums.seen / (time.perf_counter() - t0)
                 bar.set_postfix(
-                    loss=f"{loss_sum.item() / seen:.3f}",
-                    acc=f"{correct.item() / seen:.3f}",
+                    loss=f"{sums.loss.item() / sums.seen:.3f}",
+                    acc=f"{sums.correct.item() / sums.seen:.3f}",
                     img_s=f"{rate:.0f}",
                 )
+            if i + 1 < len(loader) and time.perf_counter() - saved >= save_every_s:
+                sums.batches, sums.seconds = i + 1, time.perf_counter() - t0
+                sums.loader_rng = loader.rng_state()
+                if hasattr(objective, "generator"):
+                    sums.objective_rng = objective.generator(rng_device).get_state()
+                _save_last(last, model, opt, epoch, history, elapsed, sums)
+                saved = time.perf_counter()
         # .item() waits for the device, so the epoch's time is taken after the last kernel ran.
-        loss_mean, train_acc = loss_sum.item() / max(1, seen), correct.item() / max(1, seen)
+        seen = sums.seen
+        loss_mean, train_acc = sums.loss.item() / max(1, seen), sums.correct.item() / max(1, seen)
         if not math.isfinite(loss_mean):
             # Caught before this epoch is saved: a diverged model never reaches the cache.
             raise UserError(
@@ -275,13 +320,43 @@ def _drop_partial(run_dir: Path) -> None:
         stale.unlink(missing_ok=True)
 
 
-def _save_last(path: Path, model, opt, epoch: int, history: list, elapsed: float) -> None:
+@dataclass
+class _EpochSums:
+    """An epoch under way: its running loss and correct-prediction sums (on the device), the images and
+    batches done, the seconds spent, and the state of its generators (the loader's, and the
+    objective's when it draws random starts): what a mid-epoch checkpoint keeps."""
+
+    loss: torch.Tensor
+    correct: torch.Tensor
+    seen: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+    loader_rng: torch.Tensor | None = None
+    objective_rng: torch.Tensor | None = None
+
+    @classmethod
+    def zeros(cls, device: torch.device) -> _EpochSums:
+        return cls(torch.zeros((), device=device), torch.zeros((), dtype=torch.long, device=device))
+
+
+def _save_last(
+    path: Path, model, opt, epoch: int, history: list, elapsed: float, sums: _EpochSums | None = None
+) -> None:
+    """``epoch`` epochs done, and with ``sums`` that many batches of the next one."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     tensors.update({f"opt.{i}": buf for i, buf in enumerate(opt.buffers)})
-    save_checkpoint(path, tensors, {"epoch": epoch, "history": history, "elapsed": elapsed})
+    meta = {"epoch": epoch, "history": history, "elapsed": elapsed}
+    if sums is not None:
+        tensors.update(
+            {"epoch.loss": sums.loss, "epoch.correct": sums.correct, "rng.loader": sums.loader_rng}
+        )
+        if sums.objective_rng is not None:
+            tensors["rng.objective"] = sums.objective_rng
+        meta.update(batch=sums.batches, seen=sums.seen, epoch_seconds=sums.seconds)
+    save_checkpoint(path, tensors, meta)
 
 
-def _resume(path: Path, model, opt, device) -> tuple[int, list, float]:
+def _resume(path: Path, model, opt, device) -> tuple[int, list, float, _EpochSums | None]:
     tensors, meta = load_checkpoint(path, device)
     load_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, path)
     require_meta(meta, _LAST_META, path)
@@ -293,5 +368,21 @@ def _resume(path: Path, model, opt, device) -> tuple[int, list, float]:
     with torch.no_grad():
         for t, buf in zip(saved, opt.buffers, strict=True):
             buf.copy_(t)
-    log.info("resuming %s from epoch %d", path.parent.name, meta["epoch"])
-    return meta["epoch"], meta["history"], meta["elapsed"]
+    if not meta.get("batch"):
+        log.info("resuming %s from epoch %d", path.parent.name, meta["epoch"])
+        return meta["epoch"], meta["history"], meta["elapsed"], None
+    require_meta(meta, ("seen", "epoch_seconds"), path)
+    if any(k not in tensors for k in ("epoch.loss", "epoch.correct", "rng.loader")):
+        raise UserError(f"checkpoint {path} lacks its epoch's sums; delete it to restart that training run")
+    rng = tensors.get("rng.objective")
+    partial = _EpochSums(
+        tensors["epoch.loss"],
+        tensors["epoch.correct"],
+        seen=meta["seen"],
+        batches=meta["batch"],
+        seconds=meta["epoch_seconds"],
+        loader_rng=tensors["rng.loader"].cpu(),  # generator states live on the host
+        objective_rng=None if rng is None else rng.cpu(),
+    )
+    log.info("resuming %s from epoch %d, batch %d", path.parent.name, meta["epoch"], meta["batch"])
+    return meta["epoch"], meta["history"], meta["elapsed"], partial

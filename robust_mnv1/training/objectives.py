@@ -99,4 +99,5 @@ def make_objective(fcfg: DictConfig, seed: int) -> Objective:
     objective = {"pgd": pgd, "fgsm_rs": pgd, "trades": trades}[fcfg.method]
     objective.set_epoch = set_epoch
     objective.draw = draw
+    objective.generator = generator  # whose state a run stopped inside an epoch saves and restores
     return objective
