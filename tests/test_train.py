@@ -50,7 +50,7 @@ class Killed(Exception):
     pass
 
 
-def _small_run(cfg, data, run_dir, on_epoch_end=None):
+def _small_run(cfg, data, run_dir, on_epoch_end=None, objective=None, save_every_s=300.0):
     torch.manual_seed(cfg.seed)
     model = model_spec(cfg, data).build()
     meta = fit(
@@ -61,8 +61,9 @@ def _small_run(cfg, data, run_dir, on_epoch_end=None):
         device=CPU,
         seed=cfg.seed,
         run_dir=run_dir,
-        objective=cross_entropy_objective(),
+        objective=objective or cross_entropy_objective(),
         on_epoch_end=on_epoch_end,
+        save_every_s=save_every_s,
     )
     return model, meta
 
@@ -126,20 +127,7 @@ def test_a_kill_inside_an_epoch_resumes_from_the_batch_after_the_last_save_bit_e
     make = cross_entropy_objective if regime == "standard" else lambda: make_objective(cfg.finetune, cfg.seed)
 
     def run(run_dir, objective, save_every_s=300.0):
-        torch.manual_seed(cfg.seed)
-        model = model_spec(cfg, data).build()
-        meta = fit(
-            model,
-            data.train,
-            data.test,
-            cfg.train,
-            device=CPU,
-            seed=cfg.seed,
-            run_dir=run_dir,
-            objective=objective,
-            save_every_s=save_every_s,
-        )
-        return model, meta
+        return _small_run(cfg, data, run_dir, objective=objective, save_every_s=save_every_s)
 
     reference, ref_meta = run(tmp_path / "ref", make())
     # Saving after every batch, killed in the 2nd batch of epoch 2: the save after its 1st is kept.
