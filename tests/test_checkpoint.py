@@ -1,9 +1,11 @@
 """Checkpoints: safetensors round trip, atomic writes, and refusal of anything pickled or corrupt."""
 
+import json
 import pickle
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from robust_mnv1.infra.errors import UserError
 from robust_mnv1.training.checkpoint import (
@@ -24,6 +26,22 @@ def test_round_trip(tmp_path):
     for k in tensors:
         assert torch.equal(loaded[k], tensors[k])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors", "m.safetensors.json"]
+
+
+def test_weights_and_a_sidecar_of_another_save_are_refused(tmp_path):
+    """As left by a run stopped after writing the weights of a save and before writing its sidecar."""
+    path = save_checkpoint(tmp_path / "last.safetensors", {"w": torch.zeros(2)}, {"epoch": 1})
+    earlier = sidecar(path).read_text()
+    save_checkpoint(path, {"w": torch.ones(2)}, {"epoch": 2})
+    sidecar(path).write_text(earlier)
+    with pytest.raises(UserError, match="come from two different saves") as err:
+        load_checkpoint(path)
+    assert "\n" not in str(err.value)
+    # Written before saves were named: neither file names one, and the pair loads.
+    save_file({"w": torch.ones(2)}, str(path), metadata={"format": "pt"})
+    sidecar(path).write_text(json.dumps({"epoch": 2}))
+    tensors, meta = load_checkpoint(path)
+    assert meta == {"epoch": 2} and torch.equal(tensors["w"], torch.ones(2))
 
 
 def test_refuses_torch_save_pickle(tmp_path):

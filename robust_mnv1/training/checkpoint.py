@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from robust_mnv1.infra.atomic import atomic_write, atomic_write_json
 from robust_mnv1.infra.errors import UserError
 
 # Pickle protocol 2+ streams start with 0x80; torch.save's zip container starts with "PK".
 _PICKLE_MAGICS = (b"\x80", b"PK\x03\x04")
+# The key, in both files of a checkpoint, of the save they were written by.
+_SAVE = "save_id"
 
 
 def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
@@ -29,8 +32,11 @@ def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: di
     """
     path = Path(path)
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    atomic_write(path, lambda p: save_file(flat, str(p), metadata={"format": "pt"}))
-    atomic_write_json(sidecar(path), meta)
+    # Each file is renamed into place atomically, but a kill between the two renames would pair these
+    # weights with the previous save's sidecar: both name their save, and the reader compares.
+    save = uuid.uuid4().hex
+    atomic_write(path, lambda p: save_file(flat, str(p), metadata={"format": "pt", _SAVE: save}))
+    atomic_write_json(sidecar(path), {**meta, _SAVE: save})
     return path
 
 
@@ -49,7 +55,9 @@ def load_checkpoint(
     if path.suffix in {".pt", ".pth", ".pkl", ".ckpt"}:
         raise pickled
     try:
-        tensors = load_file(str(path), device=str(device))
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (a safe_open handle, not a dict)
+            save = (f.metadata() or {}).get(_SAVE)
     except (SafetensorError, OSError, ValueError) as e:
         # Only now look for pickle magic: a valid safetensors header length can start with 0x80.
         if head.startswith(_PICKLE_MAGICS):
@@ -58,10 +66,18 @@ def load_checkpoint(
             f"corrupt checkpoint {path}: {str(e).splitlines()[0]}; delete it to retrain"
         ) from None
     meta_path = sidecar(path)
+    if not meta_path.exists():
+        return tensors, {}
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else {}
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise UserError(f"corrupt checkpoint sidecar {meta_path}: {e}; delete it to retrain") from None
+    # Checkpoints written before saves were named have the name in neither file.
+    if meta.pop(_SAVE, None) != save:
+        raise UserError(
+            f"checkpoint {path} and its sidecar come from two different saves (a run stopped between "
+            "writing them); delete both to retrain"
+        )
     return tensors, meta
 
 
