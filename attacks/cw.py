@@ -28,10 +28,16 @@ smaller distances for the same step budget; the comparison with foolbox's C&W (`
 * A final line search (``line_search_steps`` bisection steps, native only) moves each broken sample's
   best point towards ``x`` along its perturbation, to the nearest point found that is still
   adversarial, removing the overshoot along the final direction that Adam's step floor leaves.
+
+The search over ``c`` can be kept in a :class:`SearchCheckpoint` after every binary-search step, so that
+a stopped run goes on from its last finished step with the results of an uninterrupted one: a step
+starts afresh from ``x`` with new Adam state, so what carries over is only the constants, their bounds,
+and each sample's best point so far.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Any
 
@@ -40,6 +46,7 @@ from torch import nn
 
 from attacks.backends import PEERS
 from attacks.base import Attack
+from attacks.cw_search import BinarySearch, SearchCheckpoint
 from attacks.losses import other_max
 from attacks.validation import check_float, check_int
 from attacks.working_set import WorkingSet
@@ -68,8 +75,6 @@ _FINAL_LR_FRACTION = 0.1
 # a handful of stragglers would otherwise cost as many (small, launch-bound) forward passes as the
 # full batch.
 _ROUND_END_FRACTION = 0.2
-# Constants never grow past this; a sample that needs more is not attackable at useful distances.
-_MAX_CONST = 1e10
 # The line search accepts a point only if its margin is below the boundary by this fraction of the
 # clean margin (plus confidence): the base class judges success by a fresh forward pass in another
 # batch, whose rounding may differ, and a point bisected onto the boundary could flip there. On a
@@ -117,6 +122,10 @@ class CarliniWagnerL2(Attack):
         backend: ``"native"``, ``"foolbox"`` (``L2CarliniWagnerAttack``) or ``"art"`` (``CarliniL2Method``,
             which optimises with line-searched gradient descent instead of Adam and is very slow).
         batch_size: samples per forward/backward pass.
+        checkpoint: where each chunk's binary search is kept after every step of it (native only), and
+            where a call on the same images with the same settings takes it up again: a run stopped
+            part-way (a long one on a CPU takes an hour) loses at most one binary-search step, and
+            gives the uninterrupted run's results. Not a setting of the attack: it belongs to one model.
     """
 
     name = "CarliniWagnerL2"
@@ -134,8 +143,12 @@ class CarliniWagnerL2(Attack):
         line_search_steps: int = 12,
         backend: str = "native",
         batch_size: int = 512,
+        checkpoint: SearchCheckpoint | None = None,
     ) -> None:
         super().__init__(backend=backend, batch_size=batch_size)
+        if checkpoint is not None and self.backend != "native":
+            raise ValueError(f"checkpoint= needs backend='native', not {self.backend!r}")
+        self.checkpoint = checkpoint
         self.steps = check_int("steps", steps, minimum=1)
         self.binary_search_steps = check_int("binary_search_steps", binary_search_steps, minimum=1)
         self.confidence = check_float("confidence", confidence)
@@ -191,21 +204,45 @@ class CarliniWagnerL2(Attack):
         # Optimise in float32 whatever the image dtype: tanh space has no resolution in half precision.
         x0, y0 = x[idx].float(), y[idx]
         w0 = to_tanh_space(x0)
-        m = idx.numel()
-        const = torch.full((m,), self.initial_const, device=x.device)
-        lower = torch.zeros(m, device=x.device)
-        upper = torch.full((m,), float("inf"), device=x.device)
-        best_adv = x0.clone()
-        best_l2 = torch.full((m,), float("inf"), device=x.device)
-        for _ in range(self.binary_search_steps):
-            found = self._optimise(model, x0, y0, w0, const, best_adv, best_l2, x.dtype)
-            upper = torch.where(found, torch.minimum(upper, const), upper)
-            lower = torch.where(found, lower, torch.maximum(lower, const))
-            const = torch.where(torch.isinf(upper), const * 10.0, (lower + upper) / 2.0).clamp(max=_MAX_CONST)
+        key = self._chunk_key(x0, y0) if self.checkpoint is not None else ""
+        search = self._resumed(key, x0) or self._fresh(x0)
+        while search.steps_done < self.binary_search_steps:
+            found = self._optimise(model, x0, y0, w0, search.const, search.best_adv, search.best_l2, x.dtype)
+            search.update(found)
+            if self.checkpoint is not None:
+                self.checkpoint.save(key, search.state())
         if self.line_search_steps:
-            self._line_search(model, x0, y0, best_adv, best_l2, x.dtype)
-        out[idx] = best_adv.to(x.dtype)
+            self._line_search(model, x0, y0, search.best_adv, search.best_l2, x.dtype)
+        out[idx] = search.best_adv.to(x.dtype)
         return out
+
+    def _fresh(self, x0: torch.Tensor) -> BinarySearch:
+        m, device = x0.shape[0], x0.device
+        return BinarySearch(
+            steps_done=0,
+            const=torch.full((m,), self.initial_const, device=device),
+            lower=torch.zeros(m, device=device),
+            upper=torch.full((m,), float("inf"), device=device),
+            best_adv=x0.clone(),
+            best_l2=torch.full((m,), float("inf"), device=device),
+        )
+
+    def _chunk_key(self, x0: torch.Tensor, y0: torch.Tensor) -> str:
+        """The checkpoint key of a chunk: its attacked images and labels, and every setting that shapes
+        the search (a state saved under other settings is never taken up)."""
+        h = hashlib.sha256(repr(self._search_settings()).encode())
+        h.update(x0.detach().cpu().contiguous().numpy().tobytes())
+        h.update(y0.detach().cpu().to(torch.int64).numpy().tobytes())
+        return h.hexdigest()
+
+    def _search_settings(self) -> tuple[Any, ...]:
+        return (self.steps, self.binary_search_steps, self.confidence, self.lr, self.initial_const)
+
+    def _resumed(self, key: str, x0: torch.Tensor) -> BinarySearch | None:
+        if self.checkpoint is None:
+            return None
+        state = self.checkpoint.load(key)
+        return None if state is None else BinarySearch.from_state(state, x0)
 
     @torch.no_grad()
     def _line_search(

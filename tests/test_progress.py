@@ -1,5 +1,6 @@
 """Resumable attacks (robust_mnv1.evaluation.progress): run a batch at a time, stopped part-way and
-resumed, an attack gives an uninterrupted call's per-image results bit for bit."""
+resumed, an attack gives an uninterrupted call's per-image results bit for bit; C&W, stopped inside
+its binary search and resumed from the last finished step of it, gives the uninterrupted result."""
 
 import copy
 import json
@@ -10,10 +11,10 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from attacks import APGD, APGDT, FGSM, PGD
+from attacks import APGD, APGDT, FGSM, PGD, CarliniWagnerL2
 from robust_mnv1.config.spec import attack_spec
 from robust_mnv1.evaluation.progress import AttackProgress, attack_in_parts
-from robust_mnv1.evaluation.protocol import run_apgd, run_pgd
+from robust_mnv1.evaluation.protocol import run_apgd, run_cw, run_pgd
 
 from ._attack_models import synthetic_batch, trained_cnn
 
@@ -188,3 +189,81 @@ def test_a_caller_generator_needs_the_native_backend(data):
     model, x, y = data
     with pytest.raises(ValueError, match="generator= needs backend='native'"):
         PGD(eps=8 / 255, steps=1, backend="foolbox")(model, x, y, generator=torch.Generator())
+
+
+class MemoryCheckpoint:
+    """A :class:`attacks.cw_search.SearchCheckpoint` in a dict, counting what it is asked for."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, dict[str, torch.Tensor]] = {}
+        self.loads = self.hits = 0
+
+    def load(self, key):
+        self.loads += 1
+        self.hits += key in self.states
+        return self.states.get(key)
+
+    def save(self, key, state):
+        self.states[key] = state
+
+
+CW = dict(steps=8, binary_search_steps=4, batch_size=40)  # two chunks of the 72 images: 40 + 32
+
+
+def test_a_stopped_cw_resumes_from_its_last_binary_search_step(data):
+    model, x, y = data
+    whole = StopAfter(model)
+    expected = CarliniWagnerL2(**CW)(whole, x, y)
+    assert 0 < int(expected.success.sum()) < int(expected.clean_correct.sum())
+    checkpoint, stopped = MemoryCheckpoint(), StopAfter(model, whole.calls * 3 // 4)
+    with pytest.raises(Stopped):  # in the second chunk's search
+        CarliniWagnerL2(**CW, checkpoint=checkpoint)(stopped, x, y)
+    steps_done = sorted(int(s["steps_done"]) for s in checkpoint.states.values())
+    assert len(steps_done) == 2 and 0 < steps_done[0] < steps_done[1] == CW["binary_search_steps"]
+    rest = StopAfter(model)
+    resumed = CarliniWagnerL2(**CW, checkpoint=checkpoint)(rest, x, y)
+    for field in ("x_adv", "success", "clean_correct", "l2"):
+        assert torch.equal(getattr(resumed, field), getattr(expected, field)), field
+    assert checkpoint.hits == 2  # both chunks went on from their kept search
+    # Done twice: the clean pass (a call per chunk), at most one binary-search step (``steps`` calls)
+    # and the finished first chunk's line search (12 bisection calls and one for its clean margins).
+    assert rest.calls <= whole.calls - stopped.limit + 2 + CW["steps"] + 13
+
+
+def test_cw_takes_up_no_search_of_other_settings_or_images(data):
+    model, x, y = data
+    checkpoint = MemoryCheckpoint()
+    CarliniWagnerL2(**CW, checkpoint=checkpoint)(model, x, y)
+    longer = {**CW, "steps": 9}
+    expected = CarliniWagnerL2(**longer)(model, x, y)
+    res = CarliniWagnerL2(**longer, checkpoint=checkpoint)(model, x, y)
+    assert torch.equal(res.x_adv, expected.x_adv)
+    CarliniWagnerL2(**CW, checkpoint=checkpoint)(model, x[1:], y[1:])  # other chunks: other images
+    assert checkpoint.hits == 0 and len(checkpoint.states) == 6
+    with pytest.raises(ValueError, match="checkpoint= needs backend='native'"):
+        CarliniWagnerL2(backend="foolbox", checkpoint=checkpoint)
+
+
+def test_the_cw_record_resumes_through_its_progress_file(data, tmp_path):
+    model, x, y = data
+    spec = attack_spec(
+        "cw",
+        OmegaConf.create(
+            dict(CW, confidence=0.0, lr=0.01, initial_const=1e-3, l2_radii=[0.5, 1.0], batch_size=128)
+        ),
+    )
+    whole, stopped = StopAfter(model), StopAfter(model)
+    expected = run_cw(whole, x, y, spec, seed=0)
+    path = tmp_path / "cw.json"
+    stopped.limit = whole.calls // 2
+    with pytest.raises(Stopped):
+        run_cw(stopped, x, y, spec, 0, AttackProgress(path, IDENTITY))
+    progress = AttackProgress(path, IDENTITY)
+    assert progress.seconds_before > 0 and progress.search_path.exists()
+    assert AttackProgress(path, {**IDENTITY, "weights": "other"})._searches() == {}
+    rest = StopAfter(model)
+    assert run_cw(rest, x, y, spec, 0, progress).to_dict() == expected.to_dict()
+    # Done twice: the clean pass (one chunk, one call) and at most one binary-search step.
+    assert rest.calls <= whole.calls - stopped.limit + 1 + CW["steps"]
+    progress.discard()
+    assert not path.exists() and not progress.search_path.exists()

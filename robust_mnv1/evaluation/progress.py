@@ -9,6 +9,10 @@ finished calls and batches from there. Because a native attack continues its gen
 call (:meth:`attacks.base.Attack.__call__`), the result is the one an uninterrupted run gives, bit
 for bit.
 
+C&W attacks its 500 images in one batch, for up to an hour: there :class:`AttackProgress` is the
+attack's :class:`~attacks.cw_search.SearchCheckpoint`, keeping the binary search after each of its steps in a
+safetensors file beside the JSON one, so a stop costs at most one binary-search step.
+
 A progress file belongs to one record, config, set of weights and version of the attack code
 (:func:`code_digest`); one that names anything else is discarded and the record starts over.
 """
@@ -26,11 +30,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 import attacks
 from attacks.base import Attack
-from robust_mnv1.infra.atomic import atomic_write_json
+from robust_mnv1.infra.atomic import atomic_write, atomic_write_json
 from robust_mnv1.records.schema import decode_mask, encode_mask
 
 log = logging.getLogger(__name__)
@@ -50,7 +56,8 @@ def code_digest() -> str:
 
 
 class AttackProgress:
-    """The finished attack calls and batches of one record, kept in the JSON file ``path``.
+    """The finished attack calls and batches of one record, kept in the JSON file ``path``, and the
+    search states of a C&W record (:meth:`load`, :meth:`save`) in ``path`` with ``.safetensors``.
 
     ``identity`` names what the results belong to (record, config hash, weights); a file made for
     another identity or by other attack code is ignored, and overwritten at the first save.
@@ -58,13 +65,14 @@ class AttackProgress:
 
     def __init__(self, path: Path, identity: dict[str, Any]) -> None:
         self.path = path
+        self.search_path = path.with_suffix(".safetensors")
         self.identity = {**identity, "code": code_digest()}
         self.calls: dict[str, dict[str, Any]] = {}
         self.seconds_before = 0.0
         self._started = time.perf_counter()
-        self._load()
+        self._read()
 
-    def _load(self) -> None:
+    def _read(self) -> None:
         try:
             state = json.loads(self.path.read_text())
         except FileNotFoundError:
@@ -78,9 +86,9 @@ class AttackProgress:
         self.calls, self.seconds_before = state["calls"], float(state["seconds"])
         batches = sum(c["batches"] for c in self.calls.values())
         log.info(
-            "resuming %s from %d attack batches (%.0f s of earlier work)",
+            "resuming %s from %s (%.0f s of earlier work)",
             self.identity.get("record", self.path.stem),
-            batches,
+            f"{batches} attack batches" if batches else "its search state",
             self.seconds_before,
         )
 
@@ -93,7 +101,7 @@ class AttackProgress:
         call = self.calls.get(key)
         return call if call is not None and call["n"] == n else None
 
-    def save(
+    def save_batches(
         self,
         key: str,
         n: int,
@@ -110,13 +118,46 @@ class AttackProgress:
             "success": encode_mask(success),
             "generator": None if generator is None else _encode_state(generator.get_state()),
         }
+        self._write()
+
+    def _write(self) -> None:
         atomic_write_json(
             self.path, {"identity": self.identity, "calls": self.calls, "seconds": self.seconds()}
         )
 
+    def load(self, key: str) -> dict[str, torch.Tensor] | None:
+        """The C&W search state last saved under ``key`` (a ``SearchCheckpoint``), or None."""
+        return self._searches().get(key)
+
+    def save(self, key: str, state: dict[str, torch.Tensor]) -> None:
+        """Keep the search state ``state`` under ``key``, and the seconds spent on the record so far."""
+        searches = {**self._searches(), key: state}
+        flat = {f"{k}/{name}": t.contiguous() for k, s in searches.items() for name, t in s.items()}
+        metadata = {"identity": json.dumps(self.identity, sort_keys=True)}
+        atomic_write(self.search_path, lambda p: save_file(flat, str(p), metadata=metadata))
+        self._write()
+
+    def _searches(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Every search state in the safetensors file, by key; none from a file of another identity."""
+        try:
+            with safe_open(str(self.search_path), framework="pt") as f:
+                if (f.metadata() or {}).get("identity") != json.dumps(self.identity, sort_keys=True):
+                    return {}
+                searches: dict[str, dict[str, torch.Tensor]] = {}
+                for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                    key, _, tensor = name.partition("/")
+                    searches.setdefault(key, {})[tensor] = f.get_tensor(name)
+                return searches
+        except FileNotFoundError:
+            return {}
+        except (OSError, SafetensorError) as exc:
+            log.warning("ignoring unreadable search state %s (%s): C&W starts over", self.search_path, exc)
+            return {}
+
     def discard(self) -> None:
-        """Delete the file: the record it was for is written."""
+        """Delete the files: the record they were for is written."""
         self.path.unlink(missing_ok=True)
+        self.search_path.unlink(missing_ok=True)
 
 
 def attack_in_parts(
@@ -151,7 +192,7 @@ def attack_in_parts(
         correct, success = torch.cat([correct, res.clean_correct]), torch.cat([success, res.success])
         batches += 1
         if progress is not None:
-            progress.save(key, n, batches, correct, success, generator)
+            progress.save_batches(key, n, batches, correct, success, generator)
     return correct, success
 
 

@@ -227,8 +227,9 @@ def square_check(
     return report.to_dict()
 
 
-def run_cw(model, x, y, spec: CWSpec, seed: int) -> CwResult:
-    res = spec.attack()(model, x, y)
+def run_cw(model, x, y, spec: CWSpec, seed: int, progress: AttackProgress | None = None) -> CwResult:
+    """C&W's record entry; with ``progress``, a stopped run resumes from its last binary-search step."""
+    res = spec.attack(progress)(model, x, y)
     correct = res.clean_correct.cpu().numpy()
     broken = res.success.cpu().numpy() & correct
     # Minimal L2 over clean-correct samples; one C&W never broke counts as infinitely robust.

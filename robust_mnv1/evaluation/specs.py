@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from attacks import APGD, APGDT, PGD, CarliniWagnerL2
+from attacks.cw_search import SearchCheckpoint
 from robust_mnv1.infra.units import eps
 
 
@@ -92,7 +93,8 @@ class CWSpec:
     l2_radii: tuple[float, ...]
     batch_size: int
 
-    def attack(self) -> CarliniWagnerL2:
+    def attack(self, checkpoint: SearchCheckpoint | None = None) -> CarliniWagnerL2:
+        """The attack; with ``checkpoint``, it keeps its binary search there and resumes from it."""
         return CarliniWagnerL2(
             steps=self.steps,
             binary_search_steps=self.binary_search_steps,
@@ -100,6 +102,7 @@ class CWSpec:
             lr=self.lr,
             initial_const=self.initial_const,
             batch_size=self.batch_size,
+            checkpoint=checkpoint,
         )
 
 

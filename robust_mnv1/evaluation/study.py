@@ -233,7 +233,8 @@ class Unit:
         cfg, ds, device = self.cfg, self.dataset, self.device
         regime, model, meta, std_meta = stage.regime, stage.model, stage.meta, stage.std_meta
         path, digest = self.path(regime, attack)
-        # PGD and APGD keep their finished batches here: a stop costs at most one batch of them.
+        # PGD and APGD keep their finished batches here, C&W its binary search: a stop costs at most
+        # one batch, or one binary-search step.
         progress = AttackProgress(
             cache_root(cfg) / "attack-progress" / f"{path.stem}.json",
             {"record": path.stem, "config_hash": digest, "weights": stage.weights, "parent": stage.parent},
@@ -256,7 +257,7 @@ class Unit:
             robust = torch.from_numpy(headline.mask())
             square = ev.square_check(model, x, y, robust, headline.eps_255, spec.square, cfg.seed)
         else:
-            cw = ev.run_cw(model, x, y, spec, cfg.seed)
+            cw = ev.run_cw(model, x, y, spec, cfg.seed, progress)
         eval_s = progress.seconds()  # a resumed record adds the seconds of the runs it resumes
         if stage.sanity is None and cfg.eval.sanity.enabled:
             t1 = time.perf_counter()
