@@ -101,9 +101,10 @@ def verdict_line(series: Series, metric: Metric, tests: list[Test]) -> str:
         else:
             ci, reach = _ci(trend.lo, trend.hi, 2), max(abs(trend.lo), abs(trend.hi))
             limit = f"{reach:.2f} pp per doubling"
-        # A difference the images detect but retraining alone could produce is not "no difference".
+        # The same words as the table of every test (_verdict_cell), so a reader meets one term: a
+        # difference the images detect but retraining alone could produce says which bar it missed.
         noise = pair.blocked_by_noise or trend.blocked_by_noise
-        what = "inconclusive, within training noise" if noise else "no detectable difference"
+        what = "inconclusive, within training noise" if noise else "inconclusive"
         body = (
             f"{what}: {pair_phrase(pair)} ({_p(pair)}); the trend CI {ci} "
             f"({_p(trend)}) rules out trends larger than {limit}"
