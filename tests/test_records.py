@@ -24,6 +24,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from robust_mnv1.infra.errors import UserError
+from robust_mnv1.records.migrate import migrate_runs
 from robust_mnv1.records.run_record import RunRecord
 from robust_mnv1.records.schema import (
     RecordError,
@@ -38,7 +39,6 @@ from robust_mnv1.records.store import (
     dumps_record,
     load_records,
     parse_record,
-    rewrite_strict,
     write_record,
 )
 from robust_mnv1.records.validate import validate_record
@@ -539,9 +539,9 @@ def test_records_with_bare_infinity_tokens_load_and_are_migrated(tmp_path, study
     # bare Infinity, as records once were
     legacy.write_text(json.dumps(record.to_dict(), indent=2, sort_keys=True))
     assert load_records(runs) == [record]
-    assert rewrite_strict(runs) == [legacy]
+    assert migrate_runs([runs]) == [legacy]
     assert _strict_json(legacy.read_text())["cw"]["l2_per_image"][-1] == "Infinity"
-    assert load_records(runs) == [record] and rewrite_strict(runs) == []
+    assert load_records(runs) == [record] and migrate_runs([runs]) == []
 
 
 def test_written_records_are_readable_by_others_as_open_would_make_them(tmp_path, pgd_record):

@@ -17,10 +17,6 @@ from robust_mnv1.infra.errors import UserError
 Z95 = 1.959963984540054
 """Two-sided 95% standard-normal quantile."""
 
-# A bootstrap interval needs most resamples to be usable; below this share of valid (non-constant)
-# resamples the interval would describe a biased subset, so it is reported as nan instead.
-_MIN_VALID_FRACTION = 0.5
-
 
 def wilson_ci(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     """Wilson score interval for a binomial proportion ``k / n``.

@@ -9,6 +9,8 @@ hash. Each is idempotent: a record that has the key already is left as it is.
 
 Migrations, oldest first:
 
+- bare ``Infinity``/``NaN`` JSON tokens become the strings standard JSON readers take (same values;
+  the hash does not change).
 - ``eval.headline_eps_255`` and ``eval.sanity.eps_255`` (both 8): the board's headline radius and the
   gradient-masking checks' radius were fixed at 8/255 in the code before they were configurable.
 """
@@ -70,7 +72,8 @@ def migrate_runs(runs_dirs: Iterable[str | Path]) -> list[Path]:
                 validate_record(record)
             except RecordError as exc:
                 raise UserError(f"{path}: {exc}; fix or remove it before migrating") from None
-            if migrate_record(record):
+            legacy_json = path.read_text(encoding="utf-8") != dumps_record(record)
+            if migrate_record(record) or legacy_json:
                 pending.append((path, record))
     for path, record in pending:
         atomic_write_text(path, dumps_record(record))

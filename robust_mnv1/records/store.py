@@ -17,7 +17,7 @@ from robust_mnv1.records.schema import RecordError, RecordWarning
 
 # Standard JSON has no infinities or NaN (an unbroken image's C&W distance is infinite): they are
 # written as these strings and read back as floats. Records written before this, with bare
-# Infinity/NaN tokens, still load; rewrite_strict converts them.
+# Infinity/NaN tokens, still load; ``python -m robust_mnv1.records.migrate`` rewrites them.
 _SPECIAL = {"Infinity": math.inf, "-Infinity": -math.inf, "NaN": math.nan}
 
 
@@ -49,20 +49,6 @@ def dumps_record(record: Mapping[str, Any]) -> str:
 def parse_record(text: str) -> Any:
     """A record's JSON text as Python, its encoded infinities and NaNs back as floats."""
     return _from_strict(json.loads(text))
-
-
-def rewrite_strict(runs_dir: str | Path) -> list[Path]:
-    """Rewrite the records of ``runs_dir`` that use bare Infinity/NaN tokens as standard JSON (same
-    values, nothing recomputed); returns the rewritten paths."""
-    done = []
-    for path, record, error in json_files(runs_dir):
-        if error is not None:
-            continue
-        text = path.read_text(encoding="utf-8")
-        if text != dumps_record(record):
-            atomic_write_text(path, dumps_record(record))
-            done.append(path)
-    return done
 
 
 def write_record(record: RunRecord, runs_dir: str | Path) -> Path:
