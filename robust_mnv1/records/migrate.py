@@ -1,4 +1,5 @@
-"""Migrations of stored run records, for when the config that makes a record gains a key.
+"""Migrations of stored run records, for when the config that makes a record gains a key or the
+JSON a record is stored as changes.
 
 A record's ``config_hash`` is how the study knows a record was made with today's config; a new config
 key changes every hash, so without a migration every record would be redone. A migration adds the
