@@ -42,8 +42,9 @@ def tiny_models_cache(tmp_path_factory) -> Path:
     return cache
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def cache_dir(tmp_path, monkeypatch):
+    """Every test's own model/data cache, so that no test reads or writes the user's."""
     path = tmp_path / "cache"
     monkeypatch.setenv("ROBUST_MNV1_CACHE", str(path))
     return path
