@@ -11,7 +11,6 @@ renders the records in ``results/profiles/`` as its per-layer latency notes.
 
 from __future__ import annotations
 
-import re
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch
 
 from robust_mnv1.cost import layer_costs
 from robust_mnv1.infra.atomic import atomic_write_json
-from robust_mnv1.infra.envinfo import environment
+from robust_mnv1.infra.envinfo import device_slug, environment
 from robust_mnv1.models.mobilenet_v1 import ConvBNReLU, MobileNetV1
 
 
@@ -108,5 +107,5 @@ def profile_record(
 
 def save_profile(record: dict[str, Any], out_dir: str | Path) -> Path:
     """Write ``record`` atomically to ``out_dir/<model>__<device>.json`` (one file per model and device)."""
-    device = re.sub(r"[^a-z0-9]+", "-", record["env"]["device"].lower()).strip("-")
+    device = device_slug(record["env"]["device"])
     return atomic_write_json(Path(out_dir) / f"{record['model']}__{device}.json", record)

@@ -69,7 +69,7 @@ def compare_latency(
 
 
 @contextlib.contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
+def torch_threads(n: int) -> Iterator[None]:
     before = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
@@ -104,5 +104,5 @@ def edge_latency(
     calls: dict[str, Callable[[], object]] = {"pytorch eager": lambda: eager(image)}
     for name, session in sessions.items():
         calls[name] = lambda s=session: s.run([OUTPUT_NAME], {INPUT_NAME: array})
-    with _torch_threads(1), torch.inference_mode():
+    with torch_threads(1), torch.inference_mode():
         return compare_latency(calls, reps=reps, warmup=warmup, blocks=blocks)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -26,6 +27,11 @@ def device_name(device: torch.device) -> str:
         if device.type == "cuda"
         else f"cpu ({platform.processor() or platform.machine()})"
     )
+
+
+def device_slug(device: str) -> str:
+    """A device name as a file name part: ``cpu (x86_64)`` -> ``cpu-x86-64``."""
+    return re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-")
 
 
 def cpu_name() -> str:

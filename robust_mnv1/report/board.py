@@ -1,9 +1,9 @@
 """Write a results directory's board: ``leaderboard.md``, ``leaderboard.csv`` and ``figures/*.png``.
 
 Everything shown, verdicts included, is computed from the run records in ``DIR/runs`` (and the
-latency profiles in ``DIR/profiles``), and the output is a pure function of them: fixed bootstrap
-seeds, stable sorting with tie-breakers, no wall-clock time and PNGs without date metadata, so
-regenerating from the same records gives the same bytes.
+latency records in ``DIR/latency`` and ``DIR/profiles``), and the output is a pure function of them:
+fixed bootstrap seeds, stable sorting with tie-breakers, no wall-clock time and PNGs without date
+metadata, so regenerating from the same records gives the same bytes.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 
 from robust_mnv1.infra.atomic import atomic_write_text
 from robust_mnv1.infra.errors import UserError
+from robust_mnv1.records.latency import load_latency
 from robust_mnv1.records.profiles import load_profiles
 from robust_mnv1.records.store import read_records
 from robust_mnv1.report.figures import draw_all
@@ -22,8 +23,9 @@ from robust_mnv1.report.verdicts import analyse_all
 
 
 def generate(results_dir: str | Path, skip_invalid: bool = False) -> dict[str, Path]:
-    """Regenerate the markdown, CSV and figures from ``results_dir/runs/*.json`` (and the latency
-    notes from ``results_dir/profiles/*.json``).
+    """Regenerate the markdown, CSV and figures from ``results_dir/runs/*.json`` (the latency column
+    from the newest ``results_dir/latency/*.json`` when there is one, the per-layer latency notes from
+    ``results_dir/profiles/*.json``).
 
     Returns the written paths keyed ``markdown``, ``csv`` and one key per figure name. Raises
     :class:`UserError`, before writing anything, when there is no valid record or when a record
@@ -41,10 +43,11 @@ def generate(results_dir: str | Path, skip_invalid: bool = False) -> dict[str, P
         )
     if not records:
         raise UserError(f"no valid run records in {runs}; run the study first (it writes runs/<run_id>.json)")
-    table = build_table(records)
+    latency = load_latency(results_dir / "latency")
+    table = build_table(records, {m["model"]: m["median_ms"] for m in latency["models"]} if latency else None)
     boards = analyse_all(records)
     profiles = load_profiles(results_dir / "profiles")
-    markdown = render_markdown(records, table, profiles, boards, skipped=invalid)
+    markdown = render_markdown(records, table, profiles, boards, skipped=invalid, latency=latency)
     csv = table_csv(table)
     paths = {"markdown": results_dir / "leaderboard.md", "csv": results_dir / "leaderboard.csv"}
     curves = build_eps_curves(records)

@@ -229,7 +229,41 @@ def _worst_attacks(records: Sequence[RunRecord]) -> str:
     return names
 
 
-def _reading_notes(rows: pd.DataFrame, records: Sequence[RunRecord], headline: Headline) -> list[str]:
+def _latency_note(rows: pd.DataFrame, records: Sequence[RunRecord], run: Mapping[str, Any] | None) -> str:
+    """Where the latency column's figures come from: one run that timed every architecture, or each
+    architecture's own records."""
+    from_records = (
+        "the least over the records of the architecture (both regimes, every seed: weights do not "
+        "change the cost, other processes only add time, so a model's two rows show one figure), on "
+        "the study host's CPU ("
+        + ("; ".join(_distinct(r.env.get("cpu") for r in records)) or "not recorded")
+        + ")"
+        + (
+            f"; {missing} records predate that rule and name no CPU (their latency used torch's default "
+            "thread count)"
+            if (missing := sum("cpu" not in r.env for r in records))
+            else ""
+        )
+    )
+    head = "- latency: median wall time of a batch-1 forward on one thread, "
+    if run is None:
+        return head + from_records + "."
+    measured = {m["model"] for m in run["models"]}
+    others = sorted(set(rows["model"]) - measured)
+    note = (
+        head + f"of {run['reps']} calls of every architecture, all timed in one run in {run['blocks']} "
+        f"interleaved blocks (`python -m robust_mnv1.latency`, {run['created']}, on "
+        f"{run['env'].get('cpu') or run['env'].get('device', 'an unnamed CPU')}; p10, p90 and IQR in "
+        "DIR/latency), so the figures compare across rows."
+    )
+    if others:
+        note += f" Not in that run ({', '.join(others)}): {from_records}, so not comparable with the rest."
+    return note
+
+
+def _reading_notes(
+    rows: pd.DataFrame, records: Sequence[RunRecord], headline: Headline, latency: Mapping[str, Any] | None
+) -> list[str]:
     worst, at, col = headline.point_label(headline.worst), headline.radius, headline.worst
     notes = [
         "- Accuracies are percentages: mean over seeds, ± the sample standard deviation over seeds (only "
@@ -252,17 +286,7 @@ def _reading_notes(rows: pd.DataFrame, records: Sequence[RunRecord], headline: H
         "from the record; with several seeds, a bootstrap of the seeds' mean median from their per-image "
         "distances (the envelope of the per-seed CIs for records without them).",
         f"- Ranked by {worst}, then clean accuracy, then model name and regime.",
-        "- latency: median wall time of a batch-1 forward on one thread, the least over the records of the "
-        "architecture (both regimes, every seed: weights do not change the cost, other processes only add "
-        "time, so a model's two rows show one figure), on the study host's CPU ("
-        + ("; ".join(_distinct(r.env.get("cpu") for r in records)) or "not recorded")
-        + ")"
-        + (
-            f"; {missing} records predate that rule and name no CPU (their latency used torch's default "
-            "thread count)."
-            if (missing := sum("cpu" not in r.env for r in records))
-            else "."
-        ),
+        _latency_note(rows, records, latency),
     ]
     for _, r in rows[rows["missing"] != ""].iterrows():
         missing = r["missing"].upper().replace(",", ", ")
@@ -317,10 +341,13 @@ def render_markdown(
     profiles: Sequence[Mapping[str, Any]] = (),
     boards: Mapping[str, Board] | None = None,
     skipped: Sequence[tuple[Path, str]] = (),
+    latency: Mapping[str, Any] | None = None,
 ) -> str:
     """The leaderboard page: one section (protocol, table, verdicts) per dataset, the per-layer
     latency notes when there are ``profiles``, the figures, then the record files left out
     (``skipped``: path and reason, as :func:`robust_mnv1.records.store.read_records` reports them).
+    ``latency`` is the architecture latency record the table's latency column came from, if any
+    (:func:`robust_mnv1.records.latency.load_latency`).
 
     ``table`` and ``boards`` default to ``build_table(records)`` and ``analyse_all(records)``;
     pass them to avoid recomputing them.
@@ -356,7 +383,7 @@ def render_markdown(
             "",
             "### Leaderboard",
             "",
-            *_reading_notes(rows, mine, headline),
+            *_reading_notes(rows, mine, headline, latency),
             "",
             *table_lines(rows, headline),
             "",

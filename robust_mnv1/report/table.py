@@ -207,7 +207,7 @@ def _rank_key(row: Mapping[str, Any], worst_col: str) -> tuple[Any, ...]:
     )
 
 
-def build_table(records: Iterable[RunRecord]) -> pd.DataFrame:
+def build_table(records: Iterable[RunRecord], latency: Mapping[str, float] | None = None) -> pd.DataFrame:
     """One row per (dataset, model, regime), ranked within each dataset.
 
     Accuracies are fractions in [0, 1]: ``<metric>_acc`` is the mean over seeds, ``_std`` the
@@ -220,10 +220,11 @@ def build_table(records: Iterable[RunRecord]) -> pd.DataFrame:
     worst case).
     ``cw_l2`` is the mean over seeds of the C&W median L2 with ``cw_lo``/``cw_hi`` its CI, and
     ``cw_l2_per_seed`` the seeds' per-image distances (a tuple of arrays; None unless every seed's
-    record has them), which the CSV leaves out. ``latency_ms`` is the least batch-1 CPU latency of the
-    architecture's records (see :func:`_fastest_latency`). Sorted by ``data_key``, then worst-case accuracy
-    descending, clean accuracy descending, model name and regime; ``rank`` restarts at 1 for each
-    dataset. Records that cannot be combined
+    record has them), which the CSV leaves out. ``latency_ms`` is the model's batch-1 CPU latency in
+    ``latency`` (model name to ms, all measured in one run: :mod:`robust_mnv1.cost.model_latency`),
+    else the least of the architecture's records (see :func:`_fastest_latency`). Sorted by
+    ``data_key``, then worst-case accuracy descending, clean accuracy descending, model name and
+    regime; ``rank`` restarts at 1 for each dataset. Records that cannot be combined
     (:func:`robust_mnv1.records.store.check_combinable`) raise :class:`UserError`.
     """
     records = list(records)
@@ -231,7 +232,11 @@ def build_table(records: Iterable[RunRecord]) -> pd.DataFrame:
     headline = headline_of(records)
     groups = _group_rows(records)
     fastest = _fastest_latency(records)
-    rows = [_row_dict(r, headline, fastest.get((r.data_key, r.model.name), math.nan)) for r in groups]
+    measured = latency or {}
+    rows = [
+        _row_dict(r, headline, measured.get(r.model.name, fastest.get((r.data_key, r.model.name), math.nan)))
+        for r in groups
+    ]
     # Rows and seeds without every L∞ family of their dataset have no worst case (see _summarize_seed);
     # a row none of whose seeds is complete ranks last instead of first on FGSM alone.
     families = _families(records)
