@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from robust_mnv1.cost.model_latency import Architecture, latency_record, measure, save_latency
+from robust_mnv1.infra.malloc import keep_freed_memory
 from robust_mnv1.records.store import read_records
 
 
@@ -53,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    keep_freed_memory()  # as in the study's workers, whose records the column used to come from
     archs = architectures(args.results / "runs")
     if not archs:
         print(f"error: no valid run records in {args.results / 'runs'}; nothing to time", file=sys.stderr)

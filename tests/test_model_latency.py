@@ -60,6 +60,12 @@ def test_every_architecture_is_timed_in_one_interleaved_run(monkeypatch, tmp_pat
     assert load_latency(tmp_path) == json.loads(path.read_text())
 
 
+def test_models_are_timed_in_eval_mode_and_the_suites_layout():
+    model = SMALL.build()
+    assert not model.training
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in model.parameters() if p.dim() == 4)
+
+
 def test_an_architecture_that_builds_under_another_name_is_refused():
     with pytest.raises(ValueError, match=r"builds MobileNetV1-0\.25-32px"):
         Architecture("MobileNetV1-0.50-32px", 0.25, 1.0, "cifar").build()
