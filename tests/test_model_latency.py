@@ -22,6 +22,7 @@ from robust_mnv1.edge.latency import Latency
 from robust_mnv1.records.latency import load_latency
 from robust_mnv1.records.store import RecordWarning
 from robust_mnv1.report.board import generate
+from robust_mnv1.report.findings import findings_block
 from robust_mnv1.report.markdown import render_markdown
 from robust_mnv1.report.table import build_table
 
@@ -119,6 +120,7 @@ def test_the_board_takes_latency_from_the_one_run_and_says_so(tmp_path):
     )
     measured = generate(tmp_path)["markdown"].read_text()
     assert "in one run" in measured and "Not in that run" not in measured and "| 2.50 |" in measured
+    assert "| 2.50 |" in findings_block(tmp_path, tmp_path)  # the README block shows the same column
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

@@ -1,4 +1,4 @@
-"""The committed leaderboards are exactly what their committed records (runs and latency profiles)
+"""The committed leaderboards are exactly what their committed records (runs, latency and per-layer profiles)
 generate, and the README section is a copy of them: regenerate into a temp dir and compare bytes."""
 
 import shutil
@@ -16,7 +16,7 @@ PUBLISHED = [d for d in RESULTS if list((d / "runs").glob("*.json"))]
 
 @pytest.mark.parametrize("results", PUBLISHED, ids=[d.name for d in PUBLISHED])
 def test_leaderboard_regenerates_byte_identically(results, tmp_path):
-    for inputs in ("runs", "profiles"):
+    for inputs in ("runs", "profiles", "latency"):
         if (results / inputs).is_dir():
             shutil.copytree(results / inputs, tmp_path / inputs)
     generate(tmp_path)

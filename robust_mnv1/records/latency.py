@@ -37,3 +37,8 @@ def load_latency(latency_dir: str | Path) -> dict[str, Any] | None:
         else:
             found.append((str(record["created"]), path.name, record))
     return max(found, key=lambda f: f[:2])[2] if found else None
+
+
+def medians(record: dict[str, Any] | None) -> dict[str, float] | None:
+    """Model name to median ms in a :func:`load_latency` record (None for none): the board's column."""
+    return {m["model"]: m["median_ms"] for m in record["models"]} if record else None

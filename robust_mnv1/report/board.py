@@ -12,7 +12,7 @@ from pathlib import Path
 
 from robust_mnv1.infra.atomic import atomic_write_text
 from robust_mnv1.infra.errors import UserError
-from robust_mnv1.records.latency import load_latency
+from robust_mnv1.records.latency import load_latency, medians
 from robust_mnv1.records.profiles import load_profiles
 from robust_mnv1.records.store import read_records
 from robust_mnv1.report.figures import draw_all
@@ -44,7 +44,7 @@ def generate(results_dir: str | Path, skip_invalid: bool = False) -> dict[str, P
     if not records:
         raise UserError(f"no valid run records in {runs}; run the study first (it writes runs/<run_id>.json)")
     latency = load_latency(results_dir / "latency")
-    table = build_table(records, {m["model"]: m["median_ms"] for m in latency["models"]} if latency else None)
+    table = build_table(records, medians(latency))
     boards = analyse_all(records)
     profiles = load_profiles(results_dir / "profiles")
     markdown = render_markdown(records, table, profiles, boards, skipped=invalid, latency=latency)

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from robust_mnv1.infra.errors import UserError
+from robust_mnv1.records.latency import load_latency, medians
 from robust_mnv1.records.store import read_records
 from robust_mnv1.report.markdown import table_lines
 from robust_mnv1.report.outcomes import headline_of
@@ -33,7 +34,7 @@ def findings_block(results_dir: Path, readme_dir: Path) -> str:
         )
     if not records:
         raise UserError(f"no run records in {results_dir / 'runs'}")
-    table = build_table(records)
+    table = build_table(records, medians(load_latency(results_dir / "latency")))
     headline = headline_of(records)
     rel = Path(os.path.relpath(results_dir, readme_dir)).as_posix()
     labels = sorted({r.data.label for r in records})
