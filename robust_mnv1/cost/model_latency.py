@@ -1,7 +1,7 @@
 """Batch-1 CPU latency of several architectures, measured in one run so that the figures compare.
 
 A latency taken inside each unit's evaluation depends on the machine and on what else ran beside it:
-a study spread over several hosts and run beside training workers gave one architecture figures 2x
+a study spread over two hosts and run beside training workers gave one architecture figures up to 5x
 apart, and a smaller model a larger figure than a bigger one. Here every architecture is timed in the
 same process, interleaved (:func:`robust_mnv1.edge.latency.compare_latency`), so that a drift in load
 falls on all of them alike. Weights do not change what a forward costs, so freshly built models stand
