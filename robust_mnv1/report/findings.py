@@ -10,14 +10,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pandas as pd
+
 from robust_mnv1.infra.errors import UserError
 from robust_mnv1.records.latency import load_latency, medians
 from robust_mnv1.records.store import read_records
 from robust_mnv1.report.markdown import table_lines
 from robust_mnv1.report.outcomes import headline_of
+from robust_mnv1.report.summary import summary_lines
 from robust_mnv1.report.table import build_table
 from robust_mnv1.report.verdict_text import verdict_lines
-from robust_mnv1.report.verdicts import analyse_all
+from robust_mnv1.report.verdicts import Board, analyse_all
 
 START, END = "<!-- findings:start -->", "<!-- findings:end -->"
 TOP_ROWS = 5
@@ -35,6 +38,7 @@ def findings_block(results_dir: Path, readme_dir: Path) -> str:
     if not records:
         raise UserError(f"no run records in {results_dir / 'runs'}")
     table = build_table(records, medians(load_latency(results_dir / "latency")))
+    boards = analyse_all(records)
     headline = headline_of(records)
     rel = Path(os.path.relpath(results_dir, readme_dir)).as_posix()
     labels = sorted({r.data.label for r in records})
@@ -43,6 +47,7 @@ def findings_block(results_dir: Path, readme_dir: Path) -> str:
         f"Generated from `{rel}/runs/` by `python -m robust_mnv1.readme_findings --results {rel}`; "
         f"data: {', '.join(labels)}. Full board: [{rel}/leaderboard.md]({rel}/leaderboard.md).",
         "",
+        *_summary(boards, table),
         f"Top {min(TOP_ROWS, len(table))} of {len(table)} rows, by worst-case robust accuracy at "
         f"{headline.radius}:",
         "",
@@ -52,7 +57,6 @@ def findings_block(results_dir: Path, readme_dir: Path) -> str:
         "test are on the full board):",
         "",
     ]
-    boards = analyse_all(records)
     for data_key, board in boards.items():
         prefix = f"{data_key}, " if len(boards) > 1 else ""
         lines += [f"- {prefix}{line}" for line in verdict_lines(board)] or [
@@ -66,6 +70,15 @@ def findings_block(results_dir: Path, readme_dir: Path) -> str:
         END,
     ]
     return "\n".join(lines)
+
+
+def _summary(boards: dict[str, Board], table: pd.DataFrame) -> list[str]:
+    lines = []
+    for data_key, board in boards.items():
+        prefix = f"{data_key}: " if len(boards) > 1 else ""
+        rows = table[table["data_key"] == data_key]
+        lines += [f"- {prefix}{line}" for line in summary_lines(board, rows)]
+    return ["In short, counted from the verdicts and the table below:", "", *lines, ""] if lines else []
 
 
 def splice(readme: str, block: str) -> str:

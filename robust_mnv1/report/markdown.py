@@ -20,7 +20,8 @@ from robust_mnv1.records.run_record import RunRecord
 from robust_mnv1.records.schema import REGIMES
 from robust_mnv1.report.figures import FIGURES
 from robust_mnv1.report.outcomes import Headline, eps_key, headline_of
-from robust_mnv1.report.table import REGIME_LABELS, build_table
+from robust_mnv1.report.summary import summary_lines
+from robust_mnv1.report.table import REGIME_LABELS, against_standard, build_table
 from robust_mnv1.report.verdict_text import section as verdict_section
 from robust_mnv1.report.verdicts import Board, analyse_all
 
@@ -36,10 +37,7 @@ def _clean_cost_lines(table: pd.DataFrame, headline: Headline) -> list[str]:
     lines = []
     col = f"{headline.worst}_acc"
     for regime in REGIMES[1:]:
-        merged = table[table["regime"] == regime].merge(
-            table[table["regime"] == "standard"], on=["data_key", "model"], suffixes=("", "_std"), sort=True
-        )
-        for _, r in merged.iterrows():
+        for _, r in against_standard(table, regime).iterrows():
             text = f"{r['model']}, {REGIME_LABELS[regime]}: {_change('clean accuracy', r, 'clean_acc')}"
             if not math.isnan(r[col] - r[f"{col}_std"]):
                 text += f"; {_change(headline.point_label(headline.worst), r, col)}"
@@ -388,6 +386,8 @@ def render_markdown(
             *table_lines(rows, headline),
             "",
             "### Is a lighter model easier to fool?",
+            "",
+            *[f"- {line}" for line in summary_lines(boards[data_key], rows)],
             "",
             *verdict_section(boards[data_key]),
         ]

@@ -253,6 +253,14 @@ def build_table(records: Iterable[RunRecord], latency: Mapping[str, float] | Non
     return table
 
 
+def against_standard(table: pd.DataFrame, regime: str) -> pd.DataFrame:
+    """The ``regime`` rows of :func:`build_table`'s ``table`` that have a standard row of the same model,
+    each with that row's columns beside its own under a ``_std`` suffix, by data and model."""
+    return table[table["regime"] == regime].merge(
+        table[table["regime"] == "standard"], on=["data_key", "model"], suffixes=("", "_std"), sort=True
+    )
+
+
 def build_eps_curves(records: Iterable[RunRecord]) -> pd.DataFrame:
     """Long table of L∞ robust accuracy (mean over seeds, pooled Wilson CI) per attack and eps."""
     out = []

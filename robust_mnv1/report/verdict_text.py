@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 from robust_mnv1.report.metric_stats import N_BOOT, Metric
 from robust_mnv1.report.verdicts import ALPHA, REGIME_LABELS, Board, Series, SeriesStats, Test
@@ -76,14 +77,29 @@ def _noise_note(t: Test) -> str:
     return f"training-noise bound {bound}" + (" per doubling" if t.kind == "trend" else "")
 
 
-def verdict_line(series: Series, metric: Metric, tests: list[Test]) -> str:
-    """One plain-language sentence for a series × metric: the extreme pair and the trend."""
+def _pair_and_trend(tests: list[Test]) -> tuple[Test, Test]:
     pair = next(t for t in reversed(tests) if t.kind == "pair")  # the lightest vs the largest
-    trend = next(t for t in tests if t.kind == "trend")
-    head = f"{_regime(series)}, {series.label}, {metric.label}: "
+    return pair, next(t for t in tests if t.kind == "trend")
+
+
+def outcome(tests: list[Test]) -> str:
+    """The verdict of a series × metric in one word: ``lighter`` or ``larger`` (that one is easier to
+    fool: the extreme pair's conclusion, else the trend's), ``noise`` (a difference the images detect
+    but retraining alone could produce) or ``inconclusive``."""
+    pair, trend = _pair_and_trend(tests)
     decided = pair.lighter_easier if pair.lighter_easier is not None else trend.lighter_easier
     if decided is not None:
-        who = "lighter is easier to fool" if decided else "larger is easier to fool"
+        return "lighter" if decided else "larger"
+    return "noise" if pair.blocked_by_noise or trend.blocked_by_noise else "inconclusive"
+
+
+def verdict_line(series: Series, metric: Metric, tests: list[Test]) -> str:
+    """One plain-language sentence for a series × metric: the extreme pair and the trend."""
+    pair, trend = _pair_and_trend(tests)
+    head = f"{_regime(series)}, {series.label}, {metric.label}: "
+    decided = outcome(tests)
+    if decided in ("lighter", "larger"):
+        who = f"{decided} is easier to fool"
         if pair.lighter_easier is not None:
             body = f"{pair_phrase(pair)}; {who} ({_p(pair)}); trend {slope_phrase(trend)} ({_p(trend)})"
         else:
@@ -103,8 +119,7 @@ def verdict_line(series: Series, metric: Metric, tests: list[Test]) -> str:
             limit = f"{reach:.2f} pp per doubling"
         # The same words as the table of every test (_verdict_cell), so a reader meets one term: a
         # difference the images detect but retraining alone could produce says which bar it missed.
-        noise = pair.blocked_by_noise or trend.blocked_by_noise
-        what = "inconclusive, within training noise" if noise else "inconclusive"
+        what = "inconclusive, within training noise" if decided == "noise" else "inconclusive"
         body = (
             f"{what}: {pair_phrase(pair)} ({_p(pair)}); the trend CI {ci} "
             f"({_p(trend)}) rules out trends larger than {limit}"
@@ -132,13 +147,18 @@ def saturated_line(stats: SeriesStats) -> str:
     )
 
 
+def metric_tests(board: Board, series: Series) -> Iterator[tuple[SeriesStats, list[Test]]]:
+    """Each metric of ``series`` with its tests, none for a saturated metric."""
+    for stats in (st for st in board.stats if st.series == series):
+        yield stats, [t for t in board.tests if t.series == series and t.metric == stats.metric]
+
+
 def verdict_lines(board: Board) -> list[str]:
-    lines = []
-    for s in board.series:
-        for stats in (st for st in board.stats if st.series == s):
-            tests = [t for t in board.tests if t.series == s and t.metric == stats.metric]
-            lines.append(verdict_line(s, stats.metric, tests) if tests else saturated_line(stats))
-    return lines
+    return [
+        verdict_line(s, stats.metric, tests) if tests else saturated_line(stats)
+        for s in board.series
+        for stats, tests in metric_tests(board, s)
+    ]
 
 
 def _verdict_cell(t: Test) -> str:

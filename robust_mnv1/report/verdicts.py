@@ -78,9 +78,12 @@ class Series:
         return f"{self.symbol} = {self.level(o):g}"
 
     @property
+    def fixed_symbol(self) -> str:
+        return "ρ" if self.name == "width" else "α"
+
+    @property
     def label(self) -> str:
-        other = "ρ" if self.name == "width" else "α"
-        return f"{self.name} ({self.symbol} at {other} = {self.fixed:g})"
+        return f"{self.name} ({self.symbol} at {self.fixed_symbol} = {self.fixed:g})"
 
 
 @dataclass(frozen=True)
