@@ -54,14 +54,18 @@ def _series_lines(board: Board) -> list[str]:
     return lines
 
 
+def _range(lo: float, hi: float, sep: str) -> str:
+    """``lo`` and ``hi`` in percent to one decimal, once when they print alike."""
+    a, b = f"{100 * lo:.1f}", f"{100 * hi:.1f}"
+    return a if a == b else f"{a}{sep}{b}"
+
+
 def _span(values: pd.Series) -> str:
-    lo, hi = 100 * values.min(), 100 * values.max()
-    return f"{lo:.1f}%" if f"{lo:.1f}" == f"{hi:.1f}" else f"{lo:.1f}–{hi:.1f}%"
+    return _range(values.min(), values.max(), "–") + "%"
 
 
 def _change_span(values: pd.Series) -> str:
-    lo, hi = sorted((100 * values.abs().min(), 100 * values.abs().max()))
-    return f"{lo:.1f}" if f"{lo:.1f}" == f"{hi:.1f}" else f"{lo:.1f} to {hi:.1f}"
+    return _range(values.abs().min(), values.abs().max(), " to ")
 
 
 def _models(n: int) -> str:
