@@ -21,10 +21,12 @@ except ImportError:
 
 from robust_mnv1 import leaderboard as lb
 from robust_mnv1.infra.errors import UserError
+from robust_mnv1.readme_findings import main as readme_findings
 from robust_mnv1.records.intervals import wilson_ci
 from robust_mnv1.records.schema import decode_mask
 from robust_mnv1.report.board import generate
 from robust_mnv1.report.figures import FIGURES, _percent_window
+from robust_mnv1.report.findings import END, START
 from robust_mnv1.report.markdown import render_markdown, table_header
 from robust_mnv1.report.outcomes import Headline, collect
 from robust_mnv1.report.table import build_table
@@ -521,3 +523,31 @@ def test_percentage_panels_stay_inside_0_to_100_and_at_least_10_points_tall(boun
     ax = Figure().subplots()
     _percent_window(ax, bounds)
     assert ax.get_ylim() == pytest.approx(expected)
+
+
+def test_readme_findings_fills_the_block_and_check_tells_stale_from_fresh(tmp_path, study, capsys):
+    write_study(study, tmp_path)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n\n{START}\nold\n{END}\n\nkept\n")
+    assert readme_findings(["--results", str(tmp_path), "--readme", str(readme), "--check"]) == 1
+    assert "is stale" in capsys.readouterr().err
+    assert readme_findings(["--results", str(tmp_path), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("# title\n\n") and text.endswith(f"{END}\n\nkept\n") and "\nold\n" not in text
+    assert "In short, counted from the verdicts and the table below:" in text and "- **Width**" in text
+    assert readme_findings(["--results", str(tmp_path), "--readme", str(readme), "--check"]) == 0
+
+
+def test_readme_findings_bad_input_is_one_line_and_writes_nothing(tmp_path, study, capsys):
+    write_study(study, tmp_path)
+    missing = tmp_path / "nowhere" / "README.md"
+    assert readme_findings(["--results", str(tmp_path), "--readme", str(missing)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: cannot read {missing}")
+    assert not missing.parent.exists()
+    unmarked = tmp_path / "README.md"
+    unmarked.write_text("# no block here\n")
+    assert readme_findings(["--results", str(tmp_path), "--readme", str(unmarked)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no <!-- findings:start -->" in err
+    assert unmarked.read_text() == "# no block here\n"
